@@ -1,0 +1,1 @@
+"""Kernels: one folder per op, each with a PyTorch reference and a Triton fast path."""

@@ -1,0 +1,150 @@
+"""The patch contract and the helpers every patcher and kernel share.
+
+A patching of T bytes is `patch_lengths: LongTensor[B, P]`: each row lists its
+patch lengths in order, each >= 1, right-padded with 0, summing to the row's
+number of real bytes. Inside the library a patching is often carried as
+`ends: BoolTensor[B, T]`, "byte t is the last byte of its patch". Because
+patchers are causal, `ends[:, t]` depends only on bytes <= t, and unlike
+`patch_lengths` it also says whether the last patch of a row is closed, which
+the causality rule needs (see `bytelm.model.bytelm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from bytelm.vocab import EOS, PAD
+
+
+def ends_to_lengths(ends: torch.Tensor, n_bytes: torch.Tensor | None = None) -> torch.Tensor:
+    """ends (B, T) bool -> patch_lengths (B, P), right-padded with 0.
+
+    Only the first `n_bytes[b]` positions of row b are real; a trailing open
+    patch (its last byte not marked as an end) still counts as a patch.
+    """
+    B, T = ends.shape
+    if n_bytes is None:
+        n_bytes = torch.full((B,), T, dtype=torch.long, device=ends.device)
+    pos = torch.arange(T, device=ends.device)
+    real = pos[None, :] < n_bytes[:, None]
+    # every real byte that ends a patch, plus the last real byte of the row
+    is_end = (ends & real) | (pos[None, :] == (n_bytes[:, None] - 1))
+    counts = is_end.sum(-1)  # (B,)
+    P = int(counts.max().item()) if B > 0 else 0
+    lengths = torch.zeros(B, P, dtype=torch.long, device=ends.device)
+    for b in range(B):  # rows have different patch counts; B is small
+        end_pos = pos[is_end[b]]
+        if end_pos.numel():
+            start = torch.cat([end_pos.new_zeros(1), end_pos[:-1] + 1])
+            lengths[b, : end_pos.numel()] = end_pos - start + 1
+    return lengths
+
+
+def lengths_to_ids(patch_lengths: torch.Tensor, T: int | None = None) -> torch.Tensor:
+    """patch_lengths (B, P) -> patch_ids (B, T): which patch each byte is in.
+
+    Bytes past a row's real length (padding) get id -1.
+    """
+    B, P = patch_lengths.shape
+    n = patch_lengths.sum(-1)
+    if T is None:
+        T = int(n.max().item()) if B > 0 else 0
+    ends = patch_lengths.cumsum(-1)  # (B, P) exclusive end of each patch
+    pos = torch.arange(T, device=patch_lengths.device)
+    ids = torch.searchsorted(ends, pos.expand(B, T).contiguous(), right=True)  # (B, T)
+    return torch.where(pos[None, :] < n[:, None], ids, torch.full_like(ids, -1))
+
+
+def lengths_to_offsets(patch_lengths: torch.Tensor) -> torch.Tensor:
+    """patch_lengths (B, P) -> offsets (B, P): the start of each patch (0-based)."""
+    return patch_lengths.cumsum(-1) - patch_lengths
+
+
+@dataclass
+class PatcherState:
+    """Per-row incremental state, carried by `Patcher.step` during generation."""
+
+    patch_len: torch.Tensor  # (B,) bytes in the currently open patch
+    prev: torch.Tensor  # (B,) the last byte seen, or PAD before any
+    extra: dict = field(default_factory=dict)  # patcher-specific tensors (entropy KV cache, ...)
+
+    def clone(self) -> PatcherState:
+        return PatcherState(
+            self.patch_len.clone(),
+            self.prev.clone(),
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.extra.items()},
+        )
+
+
+class Patcher(Protocol):
+    name: str
+    max_patch_len: int
+    causal: bool
+
+    def patch(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, P)
+
+    def ends(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, T) bool
+
+    def start(self, batch: int) -> PatcherState: ...
+
+    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor: ...
+
+
+class RulePatcher:
+    """A causal patcher defined by a per-byte rule: `_rule(prev, cur, patch_len) -> bool`.
+
+    After byte t the next byte starts a new patch when the rule fires, when the
+    open patch has reached `max_patch_len`, or when byte t is EOS (patches never
+    straddle documents). Subclasses implement `_rule` on tensors, so `ends`
+    (batched) and `step` (incremental) share one definition and cannot drift.
+    """
+
+    name = "rule"
+    causal = True
+
+    def __init__(self, max_patch_len: int):
+        if max_patch_len < 1:
+            raise ValueError(f"max_patch_len must be >= 1, got {max_patch_len}")
+        self.max_patch_len = max_patch_len
+
+    def _rule(self, prev: torch.Tensor, cur: torch.Tensor, patch_len: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def start(self, batch: int, device=None) -> PatcherState:
+        return PatcherState(
+            patch_len=torch.zeros(batch, dtype=torch.long, device=device),
+            prev=torch.full((batch,), PAD, dtype=torch.long, device=device),
+        )
+
+    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one byte per row (B,) or several (B, n); mutates `state`.
+
+        Returns, per fed byte, whether the *next* byte starts a new patch.
+        """
+        if new_ids.dim() == 1:
+            return self.step(state, new_ids[:, None])[:, 0]
+        out = []
+        for i in range(new_ids.shape[1]):
+            cur = new_ids[:, i]
+            state.patch_len = state.patch_len + 1
+            end = (
+                self._rule(state.prev, cur, state.patch_len)
+                | (state.patch_len >= self.max_patch_len)
+                | (cur == EOS)
+            )
+            state.patch_len = torch.where(end, torch.zeros_like(state.patch_len), state.patch_len)
+            state.prev = cur
+            out.append(end)
+        return torch.stack(out, dim=1)
+
+    def ends(self, byte_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t."""
+        return self.step(self.start(byte_ids.shape[0], byte_ids.device), byte_ids)
+
+    def patch(self, byte_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> patch_lengths (B, P). PAD bytes at the end of a row are not patched."""
+        n = (byte_ids != PAD).sum(-1)
+        return ends_to_lengths(self.ends(byte_ids), n)
