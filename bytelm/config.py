@@ -1,0 +1,310 @@
+"""Configs: small frozen dataclasses, one per component, with TOML/JSON io and dotted overrides.
+
+A default lives here and nowhere else. The CLI reads TOML presets into these
+classes and applies `--section.field value` overrides; it never repeats a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bytelm.data import DataConfig
+
+
+class ConfigError(ValueError):
+    """A user error in a config: unknown key, bad value, value out of range."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"bytelm: {msg}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A stack of pre-norm blocks: RMSNorm, RoPE attention, SwiGLU MLP."""
+
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    window: int = 0  # sliding-window attention span in positions; 0 = full causal attention
+    mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * dim, rounded up to a multiple of 16
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        _check(self.dim >= 8, f"dim must be >= 8, got {self.dim}")
+        _check(self.n_layers >= 0, f"n_layers must be >= 0, got {self.n_layers}")
+        _check(self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}")
+        _check(
+            self.dim % self.n_heads == 0 and (self.dim // self.n_heads) % 2 == 0,
+            f"dim ({self.dim}) must be a multiple of n_heads ({self.n_heads}) with an even head size",
+        )
+        _check(self.window >= 0, f"window must be >= 0 (0 = full attention), got {self.window}")
+        _check(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+
+@dataclass(frozen=True)
+class NGramConfig:
+    """Hashed n-gram input embeddings (BLT, Over-Tokenized Transformers)."""
+
+    ns: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    # buckets per n. 0 = sized to the model: 32 * encoder dim, rounded up to a power of two.
+    buckets: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "ns", tuple(self.ns))
+        _check(all(2 <= n <= 16 for n in self.ns), f"ngram ns must lie in 2..16, got {self.ns}")
+        _check(self.buckets >= 0, f"ngram buckets must be >= 0 (0 = auto), got {self.buckets}")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """K output heads; head k predicts byte t+k. K=1 is plain next-byte prediction."""
+
+    n: int = 4
+    weights: tuple[float, ...] = ()  # per-head loss weights; empty = equal weights
+
+    def __post_init__(self):
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        _check(1 <= self.n <= 16, f"heads.n must lie in 1..16, got {self.n}")
+        _check(
+            not self.weights or len(self.weights) == self.n,
+            f"heads.weights needs {self.n} values (one per head), got {len(self.weights)}",
+        )
+        _check(all(w >= 0 for w in self.weights), "heads.weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class PatcherConfig:
+    name: str = "fixed"  # fixed | space
+    k: int = 4  # fixed: bytes per patch
+    max_patch_len: int = 16
+
+    def __post_init__(self):
+        _check(self.k >= 1, f"patcher.k must be >= 1, got {self.k}")
+        _check(self.max_patch_len >= 1, f"patcher.max_patch_len must be >= 1, got {self.max_patch_len}")
+
+
+@dataclass(frozen=True)
+class ByteLMConfig:
+    """The hierarchical model: embed, encode, pool, latent, unpool, decode, heads."""
+
+    ngram: NGramConfig = field(default_factory=NGramConfig)
+    encoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(window=128))
+    latent: TransformerConfig = field(default_factory=lambda: TransformerConfig(dim=256, n_layers=4))
+    decoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(window=128))
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    patcher: PatcherConfig = field(default_factory=PatcherConfig)
+    pooling: str = "mean"  # mean | max | sum | attn (cross-attention, queries start as the mean)
+    attn_backend: str = "sdpa"
+
+    def __post_init__(self):
+        _check(
+            self.pooling in ("mean", "max", "sum", "attn"),
+            f"model.pooling must be mean, max, sum or attn, got {self.pooling!r}",
+        )
+        _check(
+            self.encoder.dim == self.decoder.dim,
+            f"encoder.dim ({self.encoder.dim}) and decoder.dim ({self.decoder.dim}) must match",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 200
+    eval_bytes: int = 131072  # held-out bytes per evaluation (0 = the whole split)
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    out_dir: str = "runs/default"
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
+        _check(self.save_every >= 1, f"train.save_every must be >= 1, got {self.save_every}")
+        _check(self.eval_bytes >= 0, f"train.eval_bytes must be >= 0, got {self.eval_bytes}")
+        _check(
+            self.precision in ("auto", "fp32", "bf16"),
+            f"train.precision must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs. `arch` picks ByteLM or the plain ByteTransformer."""
+
+    arch: str = "bytelm"  # bytelm | transformer
+    model: ByteLMConfig = field(default_factory=ByteLMConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(self.arch in ("bytelm", "transformer"), f"arch must be bytelm or transformer, got {self.arch!r}")
+
+
+# ---------------------------------------------------------------------------- io
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, d: dict, prefix: str = ""):
+    """Build `cls` from a nested dict; unknown keys are an error that names them."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"bytelm: config section '{prefix or cls.__name__}' must be a table")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"bytelm: unknown config key '{where}'; known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for k, v in d.items():
+        t = hints[k]
+        key = f"{prefix}.{k}" if prefix else k
+        if dataclasses.is_dataclass(t):
+            kwargs[k] = from_dict(t, v, key)
+        else:
+            kwargs[k] = _coerce(t, v, key)
+    return cls(**kwargs)
+
+
+def _coerce(t, v, key: str):
+    origin = typing.get_origin(t)
+    try:
+        if origin is tuple:
+            (inner, *_) = typing.get_args(t)
+            if isinstance(v, str):
+                v = [s for s in v.split(",") if s.strip()]
+            return tuple(_coerce(inner, x, key) for x in v)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            return _coerce(args[0], v, key)
+        if t is bool:
+            if isinstance(v, str):
+                if v.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if v.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(v)
+            return bool(v)
+        if t is int:
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError(v)
+            return int(v)
+        if t is float:
+            return float(v)
+        if t is str:
+            return str(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bytelm: config key '{key}' expects {getattr(t, '__name__', t)}, got {v!r}") from None
+    return v
+
+
+def load(path: str | Path, cls=RunConfig):
+    """Read a TOML or JSON file into `cls`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"bytelm: config file '{p}' does not exist")
+    try:
+        d = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"bytelm: cannot parse config '{p}': {e}") from None
+    return from_dict(cls, d)
+
+
+def save_json(cfg, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def override(cfg, overrides: dict[str, str]):
+    """Apply dotted overrides, e.g. {"model.latent.dim": "256"}; values are parsed per field type."""
+    d = to_dict(cfg)
+    for key, value in overrides.items():
+        node, parts = d, key.split(".")
+        cls = type(cfg)
+        for i, part in enumerate(parts):
+            names = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in names:
+                raise ConfigError(
+                    f"bytelm: unknown config key '{key}'; '{'.'.join(parts[: i + 1])}' is not one of "
+                    f"{', '.join(sorted(names))}"
+                )
+            t = _hints(cls)[part]
+            if i == len(parts) - 1:
+                if dataclasses.is_dataclass(t):
+                    raise ConfigError(f"bytelm: '{key}' is a section; set one of its fields instead")
+                node[part] = _coerce(t, value, key)
+            else:
+                if not dataclasses.is_dataclass(t):
+                    raise ConfigError(f"bytelm: '{'.'.join(parts[: i + 1])}' is not a section")
+                node, cls = node[part], t
+    return from_dict(type(cfg), d)
+
+
+def flat_fields(cls=RunConfig, prefix: str = "", default=None) -> list[tuple[str, str, Any]]:
+    """Every leaf field as (dotted key, type name, default value): drives `--help`."""
+    default = cls() if default is None else default
+    out = []
+    for f in dataclasses.fields(cls):
+        t = _hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        val = getattr(default, f.name)
+        if dataclasses.is_dataclass(t):
+            out += flat_fields(t, key + ".", val)
+        else:
+            out.append((key, getattr(t, "__name__", str(t)), val))
+    return out
+
+
+PRESET_DIRS = (Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs")
+
+
+def preset_names() -> list[str]:
+    names = set()
+    for d in PRESET_DIRS:
+        if d.is_dir():
+            names |= {p.stem for p in d.glob("*.toml")}
+    return sorted(names)
+
+
+def load_preset(name_or_path: str) -> RunConfig:
+    """A preset by exact name (a TOML file in configs/) or a path to a TOML/JSON file."""
+    p = Path(name_or_path)
+    if p.suffix in (".toml", ".json"):
+        return load(p)
+    for d in PRESET_DIRS:
+        if (d / f"{name_or_path}.toml").is_file():
+            return load(d / f"{name_or_path}.toml")
+    raise ConfigError(
+        f"bytelm: unknown preset '{name_or_path}'; known presets: {', '.join(preset_names()) or 'none'}"
+    )

@@ -1,0 +1,135 @@
+"""Transformer building blocks shared by every stack in bytelm.
+
+RMSNorm, rotary position embeddings, SwiGLU, and attention whose mask is a
+`MaskSpec` rule (segment ids + positions), so documents, sliding windows and
+patches are all expressed the same way for every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bytelm.config import TransformerConfig
+from bytelm.kernels.attention import MaskSpec, attention
+from bytelm.vocab import BOS
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32: bf16 sums of squares lose too many bits at large dim
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate x (B, H, T, Dh) by positions pos (B, T). Half-split (GPT-NeoX) layout."""
+    Dh = x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, Dh, 2, device=x.device, dtype=torch.float32) / Dh))
+    ang = pos.to(torch.float32)[:, None, :, None] * inv  # (B, 1, T, Dh/2)
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention when `kv` is None, cross-attention otherwise."""
+
+    def __init__(self, dim: int, n_heads: int, rope_theta: float | None = 10000.0, kv_dim: int | None = None):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.rope_theta = rope_theta
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, Tq, D)
+        spec: MaskSpec,
+        kv: torch.Tensor | None = None,  # (B, Tk, D_kv), defaults to x
+        backend: str = "sdpa",
+    ) -> torch.Tensor:
+        B, Tq, D = x.shape
+        src = x if kv is None else kv
+        q = self.q(x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Tq, Dh)
+        k, v = self.kv(src).view(B, src.shape[1], 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rope_theta is not None:
+            q, k = rope(q, spec.q_pos, self.rope_theta), rope(k, spec.k_pos, self.rope_theta)
+        y = attention(q, k, v, spec, backend=backend)  # (B, H, Tq, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, Tq, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = 16 * math.ceil(mlp_ratio * dim / 16)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.rope_theta)
+        self.mlp_norm = RMSNorm(cfg.dim)
+        self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio)
+
+    def forward(self, x: torch.Tensor, spec: MaskSpec, backend: str = "sdpa") -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), spec, backend=backend)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Stack(nn.Module):
+    """`n_layers` blocks with causal (optionally windowed) attention inside segments."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    def mask(self, seg: torch.Tensor, pos: torch.Tensor) -> MaskSpec:
+        """Causal self-attention inside each segment (document), within the window."""
+        return MaskSpec(seg, seg, pos, pos, causal=True, window=self.cfg.window or None)
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, pos: torch.Tensor, backend: str = "sdpa"):
+        spec = self.mask(seg, pos)
+        for block in self.blocks:
+            x = block(x, spec, backend)
+        return x
+
+
+def init_weights(module: nn.Module, n_layers: int) -> None:
+    """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * depth)."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        std = 0.02
+        if name.endswith(("attn.out.weight", "mlp.down.weight")):
+            std = 0.02 / math.sqrt(2 * max(n_layers, 1))
+        nn.init.normal_(p, mean=0.0, std=std)
+
+
+def doc_ids(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) byte ids -> (B, T) document index: a new document starts at each BOS.
+
+    Causal by construction (depends on bytes <= t), and it keeps attention,
+    n-gram hashes and unpooling inside a document.
+    """
+    return (ids == BOS).long().cumsum(-1)

@@ -1,0 +1,63 @@
+"""Multi-head byte losses and the bits-per-byte bookkeeping shared by training and eval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bytelm.vocab import BOS, PAD
+
+
+@dataclass
+class HeadLosses:
+    loss: torch.Tensor  # scalar: weighted mean of the per-head mean cross-entropies
+    per_head: torch.Tensor  # (K,) mean nats per predicted byte, per head
+    nats: torch.Tensor  # scalar: head-1 total nats (for bits-per-byte)
+    count: torch.Tensor  # scalar: head-1 number of predicted bytes
+
+    @property
+    def bpb(self) -> float:
+        return float(self.nats) / (math.log(2) * max(int(self.count), 1))
+
+
+def target_mask(ids: torch.Tensor, docs: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T-k) bool: position t predicts byte t+k of its own document.
+
+    BOS and PAD are never predicted; EOS is. A target in the next document is
+    not predicted either: documents are independent.
+    """
+    tgt = ids[:, k:]
+    return (tgt != BOS) & (tgt != PAD) & (docs[:, k:] == docs[:, :-k])
+
+
+def multi_head_loss(
+    logits: torch.Tensor,  # (B, T, K, V)
+    ids: torch.Tensor,  # (B, T)
+    docs: torch.Tensor,  # (B, T)
+    weights: tuple[float, ...] = (),
+) -> HeadLosses:
+    """Mean cross-entropy over heads; head k at position t predicts ids[t + k]."""
+    B, T, K, V = logits.shape
+    w = torch.tensor(weights or [1.0] * K, dtype=torch.float32, device=logits.device)
+    per_head, nats1, count1 = [], None, None
+    for k in range(1, K + 1):
+        if T <= k:
+            per_head.append(logits.new_zeros((), dtype=torch.float32))
+            continue
+        valid = target_mask(ids, docs, k)  # (B, T-k)
+        ce = F.cross_entropy(
+            logits[:, : T - k, k - 1].reshape(-1, V).float(), ids[:, k:].reshape(-1), reduction="none"
+        ).view(B, T - k)
+        ce = ce * valid
+        n = valid.sum()
+        per_head.append(ce.sum() / n.clamp(min=1))
+        if k == 1:
+            nats1, count1 = ce.sum(), n
+    per_head = torch.stack(per_head)
+    loss = (per_head * w).sum() / w.sum()
+    if nats1 is None:
+        nats1, count1 = loss.new_zeros(()), torch.zeros((), dtype=torch.long)
+    return HeadLosses(loss, per_head.detach(), nats1.detach(), count1.detach())

@@ -1,0 +1,219 @@
+"""Trainer: one code path for CPU, one GPU and many (DDP/FSDP via `accelerate launch`).
+
+AdamW with linear warmup and cosine decay, gradient clipping, gradient
+accumulation, bf16 autocast on CUDA. Held-out bits-per-byte is evaluated at
+intervals. The data order is a pure function of (seed, step), so a resumed run
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from bytelm.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from bytelm.config import RunConfig
+from bytelm.data import load_corpus
+from bytelm.evals.bpb import evaluate_bpb
+from bytelm.model import build_model
+from bytelm.model.layers import doc_ids
+from bytelm.model.loss import multi_head_loss
+
+CHECKPOINT = "checkpoint"
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices; never decay norms, biases or embedding tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_embedding = ".byte." in f".{name}" or ".ngram." in f".{name}" or name.startswith("embed.")
+        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, corpus: dict | None = None, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        tc = cfg.train
+        if accelerator is None:
+            cuda = torch.cuda.is_available()
+            bf16 = tc.precision == "bf16" or (tc.precision == "auto" and cuda)
+            accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
+        self.acc = accelerator
+        set_seed(tc.seed)
+        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, progress=self.acc.is_main_process)
+        self.model = build_model(cfg)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=False
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        )
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.step = 0
+        self.history: list[dict] = []
+        self.out_dir = Path(tc.out_dir)
+
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    # ---------------------------------------------------------------- state
+
+    def save(self, path: Path | None = None) -> Path | None:
+        path = path or self.out_dir / CHECKPOINT
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "history": self.history,
+            }
+            save_checkpoint(path, self.raw_model, self.cfg, state)
+        self.acc.wait_for_everyone()
+        return path
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Load `out_dir/checkpoint` if present. Returns whether a checkpoint was loaded."""
+        path = path or self.out_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = load_trainer_state(path)
+        load_weights(path, self.raw_model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.history = state["step"], state["history"]
+        return True
+
+    # ----------------------------------------------------------------- loop
+
+    def evaluate(self) -> dict:
+        tc, dc = self.cfg.train, self.cfg.data
+        with self.acc.autocast():
+            r = evaluate_bpb(
+                self.raw_model,
+                self.corpus["heldout"],
+                dc.seq_len,
+                dc.batch_size,
+                max_bytes=tc.eval_bytes or None,
+                rank=self.acc.process_index,
+                world_size=self.acc.num_processes,
+                device=self.acc.device,
+            )
+        t = torch.tensor([r["nats"], r["bytes"]], dtype=torch.float64, device=self.acc.device)
+        nats, count = self.acc.reduce(t, reduction="sum").tolist()
+        return {"bpb": nats / (math.log(2) * max(count, 1)), "eval_bytes": int(count)}
+
+    def train_step(self) -> dict:
+        tc, dc = self.cfg.train, self.cfg.data
+        self.model.train()
+        heads = getattr(self.raw_model, "n_heads_out", 1)
+        weights = self.cfg.model.heads.weights if self.cfg.arch == "bytelm" else ()
+        total, per_head = 0.0, torch.zeros(heads)
+        for micro in range(tc.grad_accum):
+            ids = self.corpus["train"].train_batch(
+                self.step * tc.grad_accum + micro,
+                dc.batch_size,
+                dc.seq_len,
+                tc.seed,
+                rank=self.acc.process_index,
+                world_size=self.acc.num_processes,
+            ).to(self.acc.device)
+            sync = micro == tc.grad_accum - 1
+            with (nullcontext() if sync else self.acc.no_sync(self.model)), self.acc.autocast():
+                out = multi_head_loss(self.model(ids), ids, doc_ids(ids), weights)
+            self.acc.backward(out.loss / tc.grad_accum)
+            total += float(out.loss.detach()) / tc.grad_accum
+            per_head += out.per_head.float().cpu() / tc.grad_accum
+        grad_norm = None
+        if tc.grad_clip > 0:
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        rec = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0]}
+        rec["head_nats"] = [round(float(x), 5) for x in per_head]
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        return rec
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics."""
+        tc, dc = self.cfg.train, self.cfg.data
+        if resume:
+            self.resume()
+        main = self.acc.is_main_process
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.out_dir / "metrics.jsonl").open("a") if main else None
+        bar = None
+        if main and tc.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        end = tc.steps if stop_after is None else min(tc.steps, self.step + stop_after)
+        bytes_per_step = dc.batch_size * dc.seq_len * tc.grad_accum * self.acc.num_processes
+        last_eval, t0, steps0 = None, time.perf_counter(), self.step
+        while self.step < end:
+            rec = self.train_step()
+            rate = bytes_per_step * (self.step - steps0) / (time.perf_counter() - t0)
+            rec["bytes_per_s"] = rate
+            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                last_eval = self.evaluate()
+                rec.update(last_eval, world_size=self.acc.num_processes)
+            self.history.append(rec)
+            if log is not None and (self.step % tc.log_every == 0 or "bpb" in rec):
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if bar is not None:
+                post = {"loss": f"{rec['loss']:.3f}", "B/s": f"{rate:,.0f}"}
+                if last_eval:
+                    post["bpb"] = f"{last_eval['bpb']:.3f}"
+                bar.set_postfix(post)
+                bar.update(1)
+            if self.step % tc.save_every == 0 or self.step == tc.steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        return self.history[-1] if self.history else {}
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Trainer:
+    trainer = Trainer(cfg)
+    trainer.fit(resume=resume)
+    return trainer
