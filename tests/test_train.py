@@ -122,7 +122,8 @@ def test_accelerate_launch_two_cpu_processes(corpus_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        # --multi_gpu selects the torchrun launcher; without CUDA the ranks run on CPU over gloo
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", "29517",
         "-m", "bytelm.cli", "train", "--preset", "tiny",
         "--data.sources", str(corpus_dir), "--data.heldout_fraction", "0.2",
