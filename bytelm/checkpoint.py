@@ -29,7 +29,9 @@ class CheckpointError(ValueError):
 MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg, trainer_state: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, cfg, trainer_state: dict | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -62,7 +64,9 @@ def load_config(path: str | Path) -> C.RunConfig:
     try:
         d = json.loads((path / CONFIG_FILE).read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"bytelm: checkpoint '{path}' has a corrupt {CONFIG_FILE}: {e}") from None
+        raise CheckpointError(
+            f"bytelm: checkpoint '{path}' has a corrupt {CONFIG_FILE}: {e}"
+        ) from None
     return C.from_dict(C.RunConfig, d)
 
 
@@ -71,7 +75,9 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     try:
         state = load_file(str(path / MODEL_FILE))
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"bytelm: checkpoint '{path}' has a corrupt {MODEL_FILE}: {e}") from None
+        raise CheckpointError(
+            f"bytelm: checkpoint '{path}' has a corrupt {MODEL_FILE}: {e}"
+        ) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -95,6 +101,10 @@ def load_trainer_state(path: str | Path) -> dict:
     try:
         return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     except FileNotFoundError:
-        raise CheckpointError(f"bytelm: checkpoint '{path}' has no {STATE_FILE}; cannot resume") from None
+        raise CheckpointError(
+            f"bytelm: checkpoint '{path}' has no {STATE_FILE}; cannot resume"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"bytelm: checkpoint '{path}' has a corrupt {STATE_FILE}: {e}") from None
+        raise CheckpointError(
+            f"bytelm: checkpoint '{path}' has a corrupt {STATE_FILE}: {e}"
+        ) from None

@@ -46,7 +46,9 @@ def _config_help() -> str:
     return "\n".join(lines)
 
 
-def resolve_config(preset: str | None, config_file: str | None, overrides: dict[str, str]) -> C.RunConfig:
+def resolve_config(
+    preset: str | None, config_file: str | None, overrides: dict[str, str]
+) -> C.RunConfig:
     if preset and config_file:
         raise CLIError("bytelm: give --preset or --config, not both")
     cfg = C.load(config_file) if config_file else C.load_preset(preset) if preset else C.RunConfig()
@@ -55,7 +57,11 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: dict[
 
 def _run_parser(name: str, help: str, sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        name, help=help, description=help, epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+        name,
+        help=help,
+        description=help,
+        epilog=_config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", help=f"a preset name ({', '.join(C.preset_names())}) or a TOML file")
     p.add_argument("--config", help="a TOML or JSON config file (e.g. a checkpoint's config.json)")
@@ -69,8 +75,10 @@ def cmd_train(args, overrides) -> int:
     trainer = Trainer(cfg)
     last = trainer.fit(resume=args.resume)
     if trainer.acc.is_main_process:
-        print(f"step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
-              f"held-out bpb {last.get('bpb', float('nan')):.4f}; checkpoint in {cfg.train.out_dir}/checkpoint")
+        print(
+            f"step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
+            f"held-out bpb {last.get('bpb', float('nan')):.4f}; checkpoint in {cfg.train.out_dir}/checkpoint"
+        )
     return 0
 
 
@@ -79,7 +87,9 @@ def cmd_eval(args, overrides) -> int:
 
     if overrides:
         raise CLIError(f"bytelm: eval takes no config overrides (got --{next(iter(overrides))})")
-    r = bpb_of_checkpoint(args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size)
+    r = bpb_of_checkpoint(
+        args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
+    )
     print(f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes")
     return 0
 
@@ -96,17 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _run_parser("train", "train a model (ByteLM or the plain ByteTransformer)", sub)
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint if it exists")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT_DIR/checkpoint if it exists"
+    )
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("eval", help="held-out bits-per-byte of a checkpoint", description="held-out bits-per-byte")
+    p = sub.add_parser(
+        "eval", help="held-out bits-per-byte of a checkpoint", description="held-out bits-per-byte"
+    )
     p.add_argument("checkpoint", help="a checkpoint directory")
     p.add_argument("--data", nargs="*", help="corpus sources (default: the checkpoint's own)")
-    p.add_argument("--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)")
+    p.add_argument(
+        "--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(fn=cmd_eval)
 
-    p = _run_parser("demo", "train a small ByteLM on the stdlib corpus and compare it with gzip and xz", sub)
+    p = _run_parser(
+        "demo", "train a small ByteLM on the stdlib corpus and compare it with gzip and xz", sub
+    )
     p.set_defaults(fn=cmd_demo)
 
     args, rest = parser.parse_known_args(argv)

@@ -88,8 +88,16 @@ class PatcherConfig:
     max_patch_len: int = 16
 
     def __post_init__(self):
+        from bytelm.patchers import PATCHERS
+
+        _check(
+            self.name in PATCHERS,
+            f"unknown patcher {self.name!r}; choose one of {', '.join(PATCHERS)}",
+        )
         _check(self.k >= 1, f"patcher.k must be >= 1, got {self.k}")
-        _check(self.max_patch_len >= 1, f"patcher.max_patch_len must be >= 1, got {self.max_patch_len}")
+        _check(
+            self.max_patch_len >= 1, f"patcher.max_patch_len must be >= 1, got {self.max_patch_len}"
+        )
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,9 @@ class ByteLMConfig:
 
     ngram: NGramConfig = field(default_factory=NGramConfig)
     encoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(window=128))
-    latent: TransformerConfig = field(default_factory=lambda: TransformerConfig(dim=256, n_layers=4))
+    latent: TransformerConfig = field(
+        default_factory=lambda: TransformerConfig(dim=256, n_layers=4)
+    )
     decoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(window=128))
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
@@ -139,7 +149,10 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        _check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}",
+        )
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
@@ -163,7 +176,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        _check(self.arch in ("bytelm", "transformer"), f"arch must be bytelm or transformer, got {self.arch!r}")
+        _check(
+            self.arch in ("bytelm", "transformer"),
+            f"arch must be bytelm or transformer, got {self.arch!r}",
+        )
 
 
 # ---------------------------------------------------------------------------- io
@@ -186,7 +202,9 @@ def from_dict(cls, d: dict, prefix: str = ""):
     unknown = sorted(set(d) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"bytelm: unknown config key '{where}'; known keys: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"bytelm: unknown config key '{where}'; known keys: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for k, v in d.items():
         t = hints[k]
@@ -226,7 +244,9 @@ def _coerce(t, v, key: str):
         if t is str:
             return str(v)
     except (TypeError, ValueError):
-        raise ConfigError(f"bytelm: config key '{key}' expects {getattr(t, '__name__', t)}, got {v!r}") from None
+        raise ConfigError(
+            f"bytelm: config key '{key}' expects {getattr(t, '__name__', t)}, got {v!r}"
+        ) from None
     return v
 
 
@@ -262,7 +282,9 @@ def override(cfg, overrides: dict[str, str]):
             t = _hints(cls)[part]
             if i == len(parts) - 1:
                 if dataclasses.is_dataclass(t):
-                    raise ConfigError(f"bytelm: '{key}' is a section; set one of its fields instead")
+                    raise ConfigError(
+                        f"bytelm: '{key}' is a section; set one of its fields instead"
+                    )
                 node[part] = _coerce(t, value, key)
             else:
                 if not dataclasses.is_dataclass(t):

@@ -43,10 +43,15 @@ def run_demo(cfg: RunConfig) -> int:
     ev = trainer.evaluate()
     raw = heldout_bytes(held, cfg.train.eval_bytes or None)
     rows = [("bytelm (this run)", ev["bpb"])] + list(compressor_bpb(raw).items())
-    print(f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {train_s / 60:.1f} min of training):")
+    print(
+        f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {train_s / 60:.1f} min of training):"
+    )
     for name, v in rows:
         print(f"  {name:<20} {v:6.3f}")
     prompt = b"def "
     sample = generate_naive(trainer.raw_model, prompt, 240, temperature=0.7, seed=cfg.train.seed)
-    print("\nsample (plain sampling, temperature 0.7):\n" + (prompt + sample).decode("utf-8", "replace"))
+    print(
+        "\nsample (plain sampling, temperature 0.7):\n"
+        + (prompt + sample).decode("utf-8", "replace")
+    )
     return 0

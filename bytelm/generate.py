@@ -8,7 +8,10 @@ from bytelm.vocab import BOS, EOS, VOCAB_SIZE
 
 
 def sample_logits(
-    logits: torch.Tensor, temperature: float, top_k: int = 0, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """logits (B, V) -> next ids (B,). Greedy when temperature == 0. BOS/PAD are never sampled."""
     logits = logits.float().clone()

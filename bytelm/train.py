@@ -45,13 +45,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_embedding = ".byte." in f".{name}" or ".ngram." in f".{name}" or name.startswith("embed.")
+        is_embedding = (
+            ".byte." in f".{name}" or ".ngram." in f".{name}" or name.startswith("embed.")
+        )
         (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
 
 
 def _set_rng_state(s: dict) -> None:
@@ -61,7 +70,9 @@ def _set_rng_state(s: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, corpus: dict | None = None, accelerator: Accelerator | None = None):
+    def __init__(
+        self, cfg: RunConfig, corpus: dict | None = None, accelerator: Accelerator | None = None
+    ):
         self.cfg = cfg
         tc = cfg.train
         if accelerator is None:
@@ -70,10 +81,16 @@ class Trainer:
             accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
         self.acc = accelerator
         set_seed(tc.seed)
-        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, progress=self.acc.is_main_process)
+        if corpus is None:
+            with self.acc.main_process_first():  # rank 0 builds the byte cache, the others reuse it
+                corpus = load_corpus(cfg.data, progress=self.acc.is_main_process)
+        self.corpus = corpus
         self.model = build_model(cfg)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=False
+            param_groups(self.model, tc.weight_decay),
+            lr=tc.lr,
+            betas=(tc.beta1, tc.beta2),
+            fused=False,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -143,16 +160,20 @@ class Trainer:
         weights = self.cfg.model.heads.weights if self.cfg.arch == "bytelm" else ()
         total, per_head = 0.0, torch.zeros(heads)
         for micro in range(tc.grad_accum):
-            ids = self.corpus["train"].train_batch(
-                self.step * tc.grad_accum + micro,
-                dc.batch_size,
-                dc.seq_len,
-                tc.seed,
-                rank=self.acc.process_index,
-                world_size=self.acc.num_processes,
-            ).to(self.acc.device)
+            ids = (
+                self.corpus["train"]
+                .train_batch(
+                    self.step * tc.grad_accum + micro,
+                    dc.batch_size,
+                    dc.seq_len,
+                    tc.seed,
+                    rank=self.acc.process_index,
+                    world_size=self.acc.num_processes,
+                )
+                .to(self.acc.device)
+            )
             sync = micro == tc.grad_accum - 1
-            with (nullcontext() if sync else self.acc.no_sync(self.model)), self.acc.autocast():
+            with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
                 out = multi_head_loss(self.model(ids), ids, doc_ids(ids), weights)
             self.acc.backward(out.loss / tc.grad_accum)
             total += float(out.loss.detach()) / tc.grad_accum

@@ -64,7 +64,9 @@ def test_tiny_bytelm_overfits_a_fixed_batch():
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
-    cfg = C.override(C.load_preset("tiny"), {"model.pooling": "attn", "model.patcher.name": "space"})
+    cfg = C.override(
+        C.load_preset("tiny"), {"model.pooling": "attn", "model.patcher.name": "space"}
+    )
     model = ByteLM(cfg.model).eval()
     save_checkpoint(tmp_path / "ck", model, cfg)
     loaded, cfg2 = load_model(tmp_path / "ck")
@@ -79,13 +81,17 @@ def test_resumed_run_matches_uninterrupted_run(corpus_dir, tmp_path):
     full.fit()
     part = Trainer(tiny_run(corpus_dir, tmp_path / "part", steps=8, save_every=4, eval_every=100))
     part.fit(stop_after=4)  # "killed" after the checkpoint at step 4
-    resumed = Trainer(tiny_run(corpus_dir, tmp_path / "part", steps=8, save_every=4, eval_every=100))
+    resumed = Trainer(
+        tiny_run(corpus_dir, tmp_path / "part", steps=8, save_every=4, eval_every=100)
+    )
     resumed.fit(resume=True)
     assert resumed.step == 8
     a = [r["loss"] for r in full.history]
     b = [r["loss"] for r in resumed.history]
     assert len(a) == len(b) == 8
-    assert a == pytest.approx(b, rel=1e-6, abs=1e-7), "the resumed loss curve must match step for step"
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (
+        "the resumed loss curve must match step for step"
+    )
 
 
 def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, monkeypatch):

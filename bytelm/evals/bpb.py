@@ -48,7 +48,9 @@ def evaluate_bpb(
     return {"bpb": nats / (math.log(2) * max(count, 1)), "nats": nats, "bytes": count}
 
 
-def bpb_of_checkpoint(path, sources=None, max_bytes: int | None = None, batch_size: int = 8) -> dict:
+def bpb_of_checkpoint(
+    path, sources=None, max_bytes: int | None = None, batch_size: int = 8
+) -> dict:
     """Bits-per-byte of a checkpoint on the held-out split of a corpus (default: its own)."""
     import dataclasses
 
@@ -56,6 +58,8 @@ def bpb_of_checkpoint(path, sources=None, max_bytes: int | None = None, batch_si
     from bytelm.data import load_corpus
 
     model, cfg = load_model(path)
-    data_cfg = cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
+    data_cfg = (
+        cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
+    )
     heldout = load_corpus(data_cfg)["heldout"]
     return evaluate_bpb(model, heldout, data_cfg.seq_len, batch_size, max_bytes)

@@ -77,7 +77,9 @@ class ByteLM(nn.Module):
         h = self.encoder(h, docs, pos, backend)  # (B, T, D)
 
         # pool
-        p = pool(h, lengths, "mean" if self.cfg.pooling == "attn" else self.cfg.pooling)  # (B, P, D)
+        p = pool(
+            h, lengths, "mean" if self.cfg.pooling == "attn" else self.cfg.pooling
+        )  # (B, P, D)
         real = lengths > 0  # (B, P) empty slots pad rows with fewer patches
         patch_pos = torch.arange(P, device=ids.device).expand(B, P)
         if self.cfg.pooling == "attn":
@@ -95,7 +97,9 @@ class ByteLM(nn.Module):
         # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
         ctx = patch_ids - (~ends).long()  # (B, T)
         ctx_doc = patch_docs.gather(1, ctx.clamp(min=0))
-        ctx = torch.where((ctx >= 0) & (patch_ids >= 0) & (ctx_doc == docs), ctx, torch.full_like(ctx, -1))
+        ctx = torch.where(
+            (ctx >= 0) & (patch_ids >= 0) & (ctx_doc == docs), ctx, torch.full_like(ctx, -1)
+        )
         u = unpool(z, ctx)  # (B, T, D)
 
         # decode

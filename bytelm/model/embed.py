@@ -28,7 +28,9 @@ def auto_buckets(dim: int) -> int:
     return b
 
 
-def ngram_hashes(ids: torch.Tensor, docs: torch.Tensor, ns: tuple[int, ...], buckets: int) -> torch.Tensor:
+def ngram_hashes(
+    ids: torch.Tensor, docs: torch.Tensor, ns: tuple[int, ...], buckets: int
+) -> torch.Tensor:
     """ids, docs (B, T) -> bucket indices (B, T, len(ns)), each in [0, buckets)."""
     B, T = ids.shape
     h = torch.zeros_like(ids)

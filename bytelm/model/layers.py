@@ -44,7 +44,9 @@ def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention. Self-attention when `kv` is None, cross-attention otherwise."""
 
-    def __init__(self, dim: int, n_heads: int, rope_theta: float | None = 10000.0, kv_dim: int | None = None):
+    def __init__(
+        self, dim: int, n_heads: int, rope_theta: float | None = 10000.0, kv_dim: int | None = None
+    ):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, dim // n_heads
         self.rope_theta = rope_theta
@@ -62,7 +64,11 @@ class Attention(nn.Module):
         B, Tq, D = x.shape
         src = x if kv is None else kv
         q = self.q(x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Tq, Dh)
-        k, v = self.kv(src).view(B, src.shape[1], 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = (
+            self.kv(src)
+            .view(B, src.shape[1], 2, self.n_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )
         if self.rope_theta is not None:
             q, k = rope(q, spec.q_pos, self.rope_theta), rope(k, spec.k_pos, self.rope_theta)
         y = attention(q, k, v, spec, backend=backend)  # (B, H, Tq, Dh)

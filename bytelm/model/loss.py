@@ -49,7 +49,9 @@ def multi_head_loss(
             continue
         valid = target_mask(ids, docs, k)  # (B, T-k)
         ce = F.cross_entropy(
-            logits[:, : T - k, k - 1].reshape(-1, V).float(), ids[:, k:].reshape(-1), reduction="none"
+            logits[:, : T - k, k - 1].reshape(-1, V).float(),
+            ids[:, k:].reshape(-1),
+            reduction="none",
         ).view(B, T - k)
         ce = ce * valid
         n = valid.sum()

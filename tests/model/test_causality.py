@@ -35,7 +35,9 @@ def assert_causal(model, ids: torch.Tensor, positions) -> None:
                 x[:, t + 1 :] = torch.randint(0, 258, x[:, t + 1 :].shape, generator=g)
                 out = model(x)
                 diff = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
-                assert diff < 1e-5, f"logits at positions <= {t} changed by {diff} after perturbing bytes > {t}"
+                assert diff < 1e-5, (
+                    f"logits at positions <= {t} changed by {diff} after perturbing bytes > {t}"
+                )
 
 
 def boundary_positions(patcher, ids):
@@ -59,7 +61,11 @@ def test_bytelm_is_causal(patcher, pooling):
     cfg = tiny_bytelm_config(patcher=patcher, pooling=pooling)
     model = ByteLM(cfg)
     ids = packed_text()
-    p = FixedPatcher(cfg.patcher.k, cfg.patcher.max_patch_len) if patcher == "fixed" else SpacePatcher(6)
+    p = (
+        FixedPatcher(cfg.patcher.k, cfg.patcher.max_patch_len)
+        if patcher == "fixed"
+        else SpacePatcher(6)
+    )
     assert_causal(model, ids, boundary_positions(p, ids))
 
 

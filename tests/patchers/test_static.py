@@ -21,7 +21,9 @@ byte = st.one_of(
 )
 streams = st.lists(byte, min_size=1, max_size=80)
 patchers = st.one_of(
-    st.builds(FixedPatcher, k=st.integers(1, 9), max_patch_len=st.one_of(st.none(), st.integers(1, 12))),
+    st.builds(
+        FixedPatcher, k=st.integers(1, 9), max_patch_len=st.one_of(st.none(), st.integers(1, 12))
+    ),
     st.builds(SpacePatcher, max_patch_len=st.integers(1, 12)),
 )
 

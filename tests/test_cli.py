@@ -1,0 +1,92 @@
+"""The `bytelm` command: bad input gets a one-line error, never a traceback."""
+
+import pytest
+
+from bytelm import config as C
+from bytelm.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, fragment):
+    """Exit code 2, no traceback, and exactly one error line (a progress bar may come before)."""
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [x for x in err.strip().splitlines() if x.startswith("bytelm: ")]
+    assert len(lines) == 1, f"expected one error line, got: {err!r}"
+    assert fragment in lines[0] and err.strip().endswith(lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "tiny", "--data.sources", "/no/such/dir/*.txt"], "no files match"),
+        (["train", "--preset", "tiny", "--data.sources", "/no/such/file.txt"], "does not exist"),
+        (
+            ["train", "--preset", "tiny", "--model.latnt.dim", "64"],
+            "unknown config key 'model.latnt.dim'",
+        ),
+        (["train", "--preset", "tiny", "--train.steps", "0"], "train.steps must be >= 1"),
+        (["train", "--preset", "tiny", "--model.heads.n", "0"], "heads.n must lie in 1..16"),
+        (["train", "--preset", "tiny", "--train.lr", "fast"], "expects float"),
+        (["train", "--preset", "tiny", "--data.heldout_fraction", "1.5"], "heldout_fraction"),
+        (["train", "--preset", "tiny", "--model.pooling", "median"], "model.pooling"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--preset", "tiny", "--model.patcher.name", "magic"], "unknown patcher 'magic'"),
+        (["train", "--preset", "tiny", "--steps", "3"], "unknown option '--steps'"),
+        (["eval", "/no/such/checkpoint"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, argv, fragment):
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, fragment)
+
+
+def test_empty_corpus(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    code, _, err = run(
+        capsys, "train", "--preset", "tiny", "--data.sources", str(tmp_path / "*.txt")
+    )
+    one_line_error(code, err, "empty")
+
+
+def test_corrupt_checkpoint(capsys, tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text("{}")
+    (ck / "model.safetensors").write_bytes(b"\x00" * 16)
+    code, _, err = run(capsys, "eval", str(ck))
+    one_line_error(code, err, "corrupt model.safetensors")
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval", "demo"])
+def test_help(capsys, cmd):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    if cmd != "eval":
+        assert "--model.latent.dim" in out and "--train.steps" in out
+
+
+def test_overrides_and_toml_round_trip(tmp_path):
+    cfg = C.override(
+        C.load_preset("tiny"),
+        {
+            "model.latent.dim": "64",
+            "model.ngram.ns": "3,5",
+            "data.sources": "a,b",
+            "train.progress": "false",
+        },
+    )
+    assert cfg.model.latent.dim == 64 and cfg.model.ngram.ns == (3, 5)
+    assert cfg.data.sources == ("a", "b") and cfg.train.progress is False
+    C.save_json(cfg, tmp_path / "c.json")
+    assert C.load(tmp_path / "c.json") == cfg
+    # a default lives in one place: an empty TOML gives the dataclass defaults
+    (tmp_path / "empty.toml").write_text("")
+    assert C.load(tmp_path / "empty.toml") == C.RunConfig()
