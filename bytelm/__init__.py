@@ -1,0 +1,51 @@
+"""bytelm: tokenizer-free byte-level language models.
+
+    from bytelm import ByteLM, ByteLMConfig, load_model
+    model, cfg = load_model("runs/demo/checkpoint")
+"""
+
+from bytelm.checkpoint import load_model, save_checkpoint
+from bytelm.config import (
+    ByteLMConfig,
+    HeadsConfig,
+    NGramConfig,
+    PatcherConfig,
+    RunConfig,
+    TrainConfig,
+    TransformerConfig,
+    load_preset,
+)
+from bytelm.data import ByteCorpus, DataConfig, load_corpus
+from bytelm.evals.bpb import evaluate_bpb
+from bytelm.model import ByteLM, ByteTransformer, build_model
+from bytelm.patchers import FixedPatcher, SpacePatcher, make_patcher
+from bytelm.vocab import BOS, EOS, PAD, VOCAB_SIZE
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "VOCAB_SIZE",
+    "ByteCorpus",
+    "ByteLM",
+    "ByteLMConfig",
+    "ByteTransformer",
+    "DataConfig",
+    "FixedPatcher",
+    "HeadsConfig",
+    "NGramConfig",
+    "PatcherConfig",
+    "RunConfig",
+    "SpacePatcher",
+    "TrainConfig",
+    "TransformerConfig",
+    "build_model",
+    "evaluate_bpb",
+    "load_corpus",
+    "load_model",
+    "load_preset",
+    "make_patcher",
+    "save_checkpoint",
+]
+
+__version__ = "0.1.0"
