@@ -19,7 +19,7 @@ from bytelm.data import ByteCorpus, DataConfig, load_corpus
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.model import ByteLM, ByteTransformer, build_model
 from bytelm.patchers import FixedPatcher, SpacePatcher, make_patcher
-from bytelm.vocab import BOS, EOS, PAD, VOCAB_SIZE
+from bytelm.vocab import BOS, EOS, PAD, VOCAB_SIZE, decode, encode
 
 __all__ = [
     "BOS",
@@ -40,6 +40,8 @@ __all__ = [
     "TrainConfig",
     "TransformerConfig",
     "build_model",
+    "decode",
+    "encode",
     "evaluate_bpb",
     "load_corpus",
     "load_model",

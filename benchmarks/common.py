@@ -1,0 +1,48 @@
+"""Shared helpers for benchmarks: machine description and result files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def markdown_table(rows: list[dict], floatfmt: str = "{:.3f}") -> str:
+    cols = list(rows[0])
+    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, rows: list[dict], title: str, notes: str = "") -> Path:
+    """Write benchmarks/results/NAME.csv and NAME.md (with the machine) and return the .md path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    md = f"# {title}\n\nMachine: {machine()}\n\n{markdown_table(rows)}\n"
+    if notes:
+        md += f"\n{notes}\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    return RESULTS / f"{name}.md"
