@@ -4,15 +4,9 @@ On CPU the kernels run under the Triton interpreter (see conftest.py), which is
 slow per program, so sizes are odd but small.
 """
 
-import logging
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from bytelm.kernels import dispatch
 from bytelm.kernels.pooling import MODES, pool, pool_packed, unpool
 from bytelm.kernels.pooling.reference import pool_packed_reference, pool_reference
 from bytelm.patchers.base import lengths_to_offsets
@@ -198,6 +192,11 @@ def test_packed_reference_agrees_with_batched_reference():
         torch.testing.assert_close(packed.reshape(B, P, 9), pool_reference(x, lengths, mode))
 
 
+# On CUDA the contract checks are device-side asserts, which would poison the context.
+cpu_only = pytest.mark.skipif(DEVICE == "cuda", reason="a failed device assert ends the process")
+
+
+@cpu_only
 def test_pool_packed_rejects_overlapping_segments():
     x = torch.randn(10, 4, device=DEVICE)
     offsets, lengths = torch.tensor([0, 2]), torch.tensor([3, 3])
@@ -249,44 +248,9 @@ def test_unpool_one_patch_read_by_every_byte():
     assert (gh[0, 1] == 0).all()
 
 
+@cpu_only
 def test_unpool_rejects_decreasing_index():
     h = torch.randn(1, 3, 4, device=DEVICE)
     index = torch.tensor([[0, 2, -1, 1]], device=DEVICE)
     with pytest.raises(RuntimeError, match="non-decreasing"):
         unpool(h, index, backend="triton")
-
-
-def test_auto_uses_reference_on_cpu_and_logs_once(caplog):
-    dispatch._logged.clear()
-    x = torch.randn(1, 4, 3)
-    lengths = torch.tensor([[2, 2]])
-    with caplog.at_level(logging.INFO, logger="bytelm"):
-        out = pool(x, lengths, "sum")
-        pool(x, lengths, "sum")
-    torch.testing.assert_close(out, pool_reference(x, lengths, "sum"))
-    logs = [r.getMessage() for r in caplog.records if "pool uses" in r.getMessage()]
-    assert logs == ["bytelm: pool uses the reference backend (asked 'auto', device cpu)"]
-
-
-def test_backend_errors(monkeypatch):
-    x, lengths = torch.randn(1, 4, 3), torch.tensor([[4]])
-    with pytest.raises(ValueError, match="backend must be one of"):
-        pool(x, lengths, "sum", backend="cuda")
-    with pytest.raises(ValueError, match="mode must be one of"):
-        pool(x, lengths, "median", backend="reference")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        pool(x, lengths, "sum", backend="triton")
-
-
-def test_triton_is_imported_lazily():
-    """Core installs have no triton: bytelm and "auto" on CPU must not import it."""
-    code = (
-        "import sys, torch\n"
-        "from bytelm.kernels.pooling import pool, unpool\n"
-        "pool(torch.randn(1, 4, 3), torch.tensor([[4]]))\n"
-        "unpool(torch.randn(1, 1, 3), torch.zeros(1, 4, dtype=torch.long))\n"
-        "assert 'triton' not in sys.modules, 'triton was imported'\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

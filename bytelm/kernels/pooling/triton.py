@@ -77,7 +77,7 @@ def _pool_fwd_kernel(
     s = tl.program_id(0).to(tl.int64)  # int64 offsets: S * D can pass 2**31
     pid_d = tl.program_id(1)
     start = tl.load(offsets_ptr + s).to(tl.int64)
-    length = tl.load(lengths_ptr + s).to(tl.int64)
+    length = tl.load(lengths_ptr + s).to(tl.int32)  # a loop bound: one patch is < 2**31 bytes
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows = tl.arange(0, BLOCK_T)
@@ -133,7 +133,7 @@ def _pool_bwd_kernel(
     s = tl.program_id(0).to(tl.int64)  # int64 offsets: S * D can pass 2**31
     pid_d = tl.program_id(1)
     start = tl.load(offsets_ptr + s).to(tl.int64)
-    length = tl.load(lengths_ptr + s).to(tl.int64)
+    length = tl.load(lengths_ptr + s).to(tl.int32)  # a loop bound: one patch is < 2**31 bytes
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows = tl.arange(0, BLOCK_T)
@@ -358,7 +358,7 @@ def _unpool_bwd_kernel(
         lo1 = tl.where(go1 & (v1 < p + 1), mid1 + 1, lo1)
         hi1 = tl.where(go1 & (v1 >= p + 1), mid1, hi1)
     start = lo0.to(tl.int64)
-    length = (lo1 - lo0).to(tl.int64)
+    length = lo1 - lo0
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows = tl.arange(0, BLOCK_T)
