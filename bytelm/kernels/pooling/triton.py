@@ -29,7 +29,7 @@ index row to be non-decreasing, as the model's always are.
 
 Blocks are fixed, not autotuned: the interpreter cannot autotune, and these
 kernels are bandwidth bound with tiny per-program work, so a tile of
-BLOCK_T=8 rows by BLOCK_D<=256 features (2 KiB of fp32 per load) keeps enough
+BLOCK_T=8 rows by BLOCK_D<=256 features (8 KiB of fp32 per load) keeps enough
 bytes in flight without spilling.
 """
 
