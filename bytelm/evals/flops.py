@@ -1,0 +1,203 @@
+"""Analytic FLOPs per byte and parameter counts for ByteTransformer and ByteLM.
+
+Conventions (those of Kaplan et al. 2020 and Chinchilla, made exact for this
+architecture):
+
+- A matmul (m x k) . (k x n) costs 2mkn FLOPs. Norms, RoPE, softmax, SiLU,
+  residual adds and pooling sums are not counted: they are O(D) per position
+  where a matmul is O(D^2).
+- Embedding lookups (the byte table and the hashed n-gram tables) cost zero;
+  the unembedding is a matmul and counts.
+- Training = forward + backward = 3 x forward (the backward pass computes one
+  gradient for the input and one for the weights of every matmul, attention
+  included).
+- Attention scores and values cost 4 * ctx * D per query, where ctx is the
+  number of keys the query may read: causal, within the window, within the
+  document. `mean_context` averages it over a sequence. With
+  `attention="dense"` every query is charged every key of the call instead,
+  which is what the reference SDPA with a boolean mask computes, and what
+  `torch.utils.flop_counter.FlopCounterMode` charges for it.
+
+ByteLM per byte, at r bytes per patch and seq_len bytes per window:
+
+    encoder   L_e * block(D, ctx over seq_len in the encoder window)
+    pool      attn only: kv 4 D^2 per byte, q and out 4 D^2 per patch, scores 4 D per byte
+    latent    (to_latent 2 D G + L_g * block(G, ctx over seq_len / r patches)
+               + from_latent 2 G D) / r
+    decoder   L_d * block(D, ctx in the decoder window)
+    heads     K * (block(D, decoder window) + unembed 2 D V)
+    entropy   the entropy model's forward, when one is given (it is frozen: never 3x)
+
+with block(D, ctx) = 8 D^2 (q, kv, out) + 6 D F (SwiGLU) + 4 ctx D and F the
+SwiGLU hidden size. Parameter counts are exact (`sum(p.numel())` of the built
+model); "embedding" is the lookup tables only, so the unembedding is in
+"non_embedding", as in Kaplan's N when weights are untied.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bytelm.config import ByteLMConfig, TransformerConfig
+from bytelm.vocab import VOCAB_SIZE
+
+ATTENTION_MODES = ("causal", "dense")
+
+
+def _err(msg: str) -> ValueError:
+    return ValueError(f"bytelm: {msg}")
+
+
+def mlp_hidden(dim: int, mlp_ratio: float) -> int:
+    """SwiGLU hidden size: mlp_ratio * dim rounded up to a multiple of 16 (as `layers.SwiGLU`)."""
+    return 16 * math.ceil(mlp_ratio * dim / 16)
+
+
+def mean_context(n: float, window: int = 0) -> float:
+    """Mean keys per query of causal attention over positions 1..n, each reading
+    min(position, window) keys (window 0 = all previous). n may be fractional
+    (a sequence of seq_len / r patches)."""
+    if n <= 0:
+        return 0.0
+    w = window if window > 0 else n
+    if w >= n:
+        return (n + 1) / 2
+    return (w * (w + 1) / 2 + (n - w) * w) / n
+
+
+def block_flops(cfg: TransformerConfig, ctx: float) -> float:
+    """Forward FLOPs of one block at one position that reads `ctx` keys."""
+    D, F = cfg.dim, mlp_hidden(cfg.dim, cfg.mlp_ratio)
+    return 8 * D * D + 6 * D * F + 4 * ctx * D
+
+
+def _ctx(cfg: TransformerConfig, n: float, doc_len: float | None, attention: str) -> float:
+    """Keys per query for a stack over n positions (bytes or patches)."""
+    if attention == "dense":
+        return n  # every query against every key of the call, masked or not
+    if doc_len is not None and doc_len < n:
+        n = doc_len  # each document restarts the context
+    return mean_context(n, cfg.window)
+
+
+def _stack_flops(cfg: TransformerConfig, n: float, doc_len, attention) -> float:
+    return cfg.n_layers * block_flops(cfg, _ctx(cfg, n, doc_len, attention))
+
+
+def flops_per_byte(
+    model_cfg: ByteLMConfig | TransformerConfig,
+    bytes_per_patch: float = 1.0,
+    seq_len: int = 512,
+    training: bool = True,
+    entropy_model: TransformerConfig | None = None,
+    *,
+    doc_len: float | None = None,
+    attention: str = "causal",
+) -> dict[str, float]:
+    """FLOPs per byte of a model, by stage, and their sum under "total".
+
+    model_cfg: a ByteLMConfig (hierarchical) or TransformerConfig (plain
+        ByteTransformer; bytes_per_patch is ignored).
+    bytes_per_patch: the mean patch length the patcher achieves on the data
+        (measure it: fixed:k gives slightly less than k, because patches also
+        end at EOS and at window edges).
+    seq_len: bytes per window; attention context is averaged over it.
+    training: forward + backward (3x) instead of forward only.
+    entropy_model: the entropy patcher's model, counted forward-only because
+        it is frozen; leave it None when entropies are precomputed.
+    doc_len: mean document length in bytes, if documents are shorter than a
+        window (attention restarts at each document); None = one per window.
+    attention: "causal" counts the keys a query may read; "dense" charges every
+        key of the call, as a dense masked SDPA (and FlopCounterMode) does.
+
+    Keys, ByteLM: encoder, pool, latent, decoder, heads, entropy_model, total.
+    Keys, ByteTransformer: layers, unembed, entropy_model, total.
+    """
+    if attention not in ATTENTION_MODES:
+        raise _err(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
+    if not bytes_per_patch >= 1:
+        raise _err(f"bytes_per_patch must be >= 1, got {bytes_per_patch}")
+    if seq_len < 1:
+        raise _err(f"seq_len must be >= 1, got {seq_len}")
+    mult = 3.0 if training else 1.0
+    V = VOCAB_SIZE
+    if isinstance(model_cfg, TransformerConfig):
+        out = {
+            "layers": mult * _stack_flops(model_cfg, seq_len, doc_len, attention),
+            "unembed": mult * 2 * model_cfg.dim * V,
+        }
+    elif isinstance(model_cfg, ByteLMConfig):
+        cfg, r = model_cfg, float(bytes_per_patch)
+        D, G = cfg.encoder.dim, cfg.latent.dim
+        n_patches = seq_len / r
+        pool = 0.0
+        if cfg.pooling == "attn":
+            # kv of every byte; q and out per patch; each patch query reads its own r bytes
+            keys = seq_len if attention == "dense" else r
+            pool = 4 * D * D + (4 * D * D + 4 * keys * D) / r
+        patch_doc = None if doc_len is None else doc_len / r
+        latent = 4 * D * G + _stack_flops(cfg.latent, n_patches, patch_doc, attention)
+        head = block_flops(cfg.decoder, _ctx(cfg.decoder, seq_len, doc_len, attention))
+        out = {
+            "encoder": mult * _stack_flops(cfg.encoder, seq_len, doc_len, attention),
+            "pool": mult * pool,
+            "latent": mult * latent / r,
+            "decoder": mult * _stack_flops(cfg.decoder, seq_len, doc_len, attention),
+            "heads": mult * cfg.heads.n * (head + 2 * D * V),
+        }
+    else:
+        raise _err(
+            f"flops_per_byte needs a ByteLMConfig or TransformerConfig, got {type(model_cfg).__name__}"
+        )
+    out["entropy_model"] = 0.0
+    if entropy_model is not None:  # frozen: forward only, even in training
+        out["entropy_model"] = flops_per_byte(
+            entropy_model, seq_len=seq_len, training=False, doc_len=doc_len, attention=attention
+        )["total"]
+    out["total"] = sum(out.values())
+    return out
+
+
+def _block_params(cfg: TransformerConfig) -> int:
+    D, F = cfg.dim, mlp_hidden(cfg.dim, cfg.mlp_ratio)
+    return 2 * D + 4 * D * D + 3 * D * F  # two RMSNorms, q/kv/out, gate_up/down
+
+
+def _stack_params(cfg: TransformerConfig) -> int:
+    return cfg.n_layers * _block_params(cfg)
+
+
+def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
+    """Exact parameter counts, by stage, plus "embedding", "non_embedding", "total".
+
+    "embedding" is the lookup tables (byte and hashed n-gram); everything else,
+    the unembedding included, is "non_embedding".
+    Stages, ByteLM: encoder, pool, latent (to_latent, the stack, its norm,
+    from_latent), decoder, heads (K blocks, final norm, shared unembedding).
+    Stages, ByteTransformer: layers, unembed (final norm and unembedding).
+    """
+    V = VOCAB_SIZE
+    if isinstance(model_cfg, TransformerConfig):
+        D = model_cfg.dim
+        out = {"layers": _stack_params(model_cfg), "unembed": D + D * V, "embedding": V * D}
+    elif isinstance(model_cfg, ByteLMConfig):
+        from bytelm.model.embed import auto_buckets  # the one place the default lives
+
+        cfg = model_cfg
+        D, G = cfg.encoder.dim, cfg.latent.dim
+        buckets = cfg.ngram.buckets or auto_buckets(D)
+        out = {
+            "encoder": _stack_params(cfg.encoder),
+            "pool": (D + 4 * D * D) if cfg.pooling == "attn" else 0,
+            "latent": D * G + _stack_params(cfg.latent) + G + G * D,
+            "decoder": _stack_params(cfg.decoder),
+            "heads": cfg.heads.n * _block_params(cfg.decoder) + D + D * V,
+            "embedding": V * D + len(cfg.ngram.ns) * buckets * D,
+        }
+    else:
+        raise _err(
+            f"param_counts needs a ByteLMConfig or TransformerConfig, got {type(model_cfg).__name__}"
+        )
+    out["non_embedding"] = sum(v for k, v in out.items() if k != "embedding")
+    out["total"] = out["non_embedding"] + out["embedding"]
+    return out
