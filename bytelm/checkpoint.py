@@ -3,6 +3,7 @@
     model.safetensors   weights of the model from before torch.compile
     config.json         the fully resolved RunConfig
     trainer_state.pt    optimizer, scheduler, step, RNG states, metric history
+    entropy_model/      the entropy patcher's model, when the run uses one (a checkpoint itself)
 
 A checkpoint is written to a temporary sibling directory and renamed into
 place, so a run killed mid-write leaves the previous checkpoint intact.
@@ -20,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bytelm import config as C
+from bytelm.patchers.entropy import bundle_entropy_model, resolve_bundled
 
 
 class CheckpointError(ValueError):
@@ -40,6 +42,7 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / MODEL_FILE))
     C.save_json(cfg, tmp / CONFIG_FILE)
+    bundle_entropy_model(cfg, tmp)  # a ByteLM with the entropy patcher carries its entropy model
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
     old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -67,7 +70,7 @@ def load_config(path: str | Path) -> C.RunConfig:
         raise CheckpointError(
             f"bytelm: checkpoint '{path}' has a corrupt {CONFIG_FILE}: {e}"
         ) from None
-    return C.from_dict(C.RunConfig, d)
+    return resolve_bundled(C.from_dict(C.RunConfig, d), path)
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:

@@ -83,17 +83,35 @@ class HeadsConfig:
 
 @dataclass(frozen=True)
 class PatcherConfig:
-    name: str = "fixed"  # fixed | space
+    name: str = "fixed"  # fixed | space | entropy | bpe
     k: int = 4  # fixed: bytes per patch
     max_patch_len: int = 16
+    # entropy: byte t ends its patch when H_t > threshold (global), H_t - H_{t-1} > threshold
+    # (monotonic), or H_t > threshold and H_t - H_{t-1} > delta (both); H in bits
+    mode: str = "global"
+    target_bytes_per_patch: float = 4.0  # > 0: calibrate threshold to this; 0: use threshold as set
+    threshold: float = 0.0
+    delta: float = 0.0
+    measured_bytes_per_patch: float = 0.0  # written by calibration (held-out mean); 0 = not yet
+    entropy_model: str = ""  # entropy-model checkpoint dir; "" = runs/entropy/checkpoint
+    vocab_size: int = 8192  # bpe: tokenizer vocabulary size
 
     def __post_init__(self):
-        from bytelm.patchers import PATCHERS
+        from bytelm.patchers import MODES, PATCHERS
 
         _check(
             self.name in PATCHERS,
             f"unknown patcher {self.name!r}; choose one of {', '.join(PATCHERS)}",
         )
+        _check(
+            self.mode in MODES, f"patcher.mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+        )
+        _check(
+            self.target_bytes_per_patch == 0 or self.target_bytes_per_patch >= 1,
+            "patcher.target_bytes_per_patch must be >= 1 (or 0 to use patcher.threshold as set), "
+            f"got {self.target_bytes_per_patch}",
+        )
+        _check(self.vocab_size >= 257, f"patcher.vocab_size must be >= 257, got {self.vocab_size}")
         _check(self.k >= 1, f"patcher.k must be >= 1, got {self.k}")
         _check(
             self.max_patch_len >= 1, f"patcher.max_patch_len must be >= 1, got {self.max_patch_len}"

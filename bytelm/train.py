@@ -27,6 +27,7 @@ from bytelm.evals.bpb import evaluate_bpb
 from bytelm.model import build_model
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
+from bytelm.patchers.entropy_cache import prepare_training as prepare_entropy
 
 CHECKPOINT = "checkpoint"
 
@@ -85,6 +86,9 @@ class Trainer:
             with self.acc.main_process_first():  # rank 0 builds the byte cache, the others reuse it
                 corpus = load_corpus(cfg.data, progress=self.acc.is_main_process)
         self.corpus = corpus
+        with self.acc.main_process_first():  # calibrate θ, fill the entropy cache (entropy patcher)
+            cfg, self.entropy_feed = prepare_entropy(cfg, corpus, main=self.acc.is_main_process)
+        self.cfg = cfg
         self.model = build_model(cfg)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, tc.weight_decay),
@@ -173,8 +177,13 @@ class Trainer:
                 .to(self.acc.device)
             )
             sync = micro == tc.grad_accum - 1
+            args = (ids,)
+            if self.entropy_feed is not None:  # patch ends from cached entropies, same windows
+                rank, world = self.acc.process_index, self.acc.num_processes
+                step = self.step * tc.grad_accum + micro
+                args = (ids, self.entropy_feed.train_ends(ids, step, rank, world))
             with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
-                out = multi_head_loss(self.model(ids), ids, doc_ids(ids), weights)
+                out = multi_head_loss(self.model(*args), ids, doc_ids(ids), weights)
             self.acc.backward(out.loss / tc.grad_accum)
             total += float(out.loss.detach()) / tc.grad_accum
             per_head += out.per_head.float().cpu() / tc.grad_accum

@@ -23,9 +23,26 @@ __all__ = [
     "lengths_to_offsets",
     "make_patcher",
     "PATCHERS",
+    "MODES",
+    "EntropyPatcher",
+    "BPEPatcher",
 ]
 
-PATCHERS = ("fixed", "space")
+PATCHERS = ("fixed", "space", "entropy", "bpe")
+MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
+
+
+def __getattr__(name):
+    # imported lazily: the entropy patcher needs bytelm.model, which imports this package
+    if name == "EntropyPatcher":
+        from bytelm.patchers.entropy import EntropyPatcher
+
+        return EntropyPatcher
+    if name == "BPEPatcher":
+        from bytelm.patchers.bpe import BPEPatcher
+
+        return BPEPatcher
+    raise AttributeError(f"module 'bytelm.patchers' has no attribute {name!r}")
 
 
 def make_patcher(cfg) -> Patcher:
@@ -34,4 +51,12 @@ def make_patcher(cfg) -> Patcher:
         return FixedPatcher(cfg.k, cfg.max_patch_len)
     if cfg.name == "space":
         return SpacePatcher(cfg.max_patch_len)
+    if cfg.name == "entropy":
+        from bytelm.patchers.entropy import EntropyPatcher
+
+        return EntropyPatcher.from_config(cfg)
+    if cfg.name == "bpe":
+        from bytelm.patchers.bpe import BPEPatcher
+
+        return BPEPatcher.from_config(cfg)
     raise ValueError(f"bytelm: unknown patcher {cfg.name!r}; choose one of {', '.join(PATCHERS)}")

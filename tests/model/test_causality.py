@@ -4,10 +4,12 @@ For every model, patcher and pooling, changing any byte after position t must
 leave every logit of every head at positions <= t unchanged.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
-from bytelm.config import TransformerConfig
+from bytelm.config import PatcherConfig, TransformerConfig
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.patchers import FixedPatcher, SpacePatcher
 from bytelm.vocab import BOS, EOS
@@ -55,16 +57,31 @@ def test_byte_transformer_is_causal():
     assert_causal(model, ids, [0, 3, 17, 20, 21, 30, 46])
 
 
-@pytest.mark.parametrize("patcher", ["fixed", "space"])
+@pytest.fixture(scope="module")
+def entropy_model(tmp_path_factory):
+    from tests.patchers.tiny_entropy import save_tiny_entropy_model
+
+    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)
+
+
+@pytest.mark.parametrize("patcher", ["fixed", "space", "entropy"])
 @pytest.mark.parametrize("pooling", ["mean", "max", "sum", "attn"])
-def test_bytelm_is_causal(patcher, pooling):
+def test_bytelm_is_causal(patcher, pooling, request):
     cfg = tiny_bytelm_config(patcher=patcher, pooling=pooling)
+    if patcher == "entropy":  # a random sharp entropy model, context 16 so rows are chunked
+        pc = PatcherConfig(
+            "entropy", max_patch_len=6, threshold=1.5, target_bytes_per_patch=0,
+            entropy_model=str(request.getfixturevalue("entropy_model")),
+        )  # fmt: skip
+        cfg = dataclasses.replace(cfg, patcher=pc)
     model = ByteLM(cfg)
     ids = packed_text()
     p = (
         FixedPatcher(cfg.patcher.k, cfg.patcher.max_patch_len)
         if patcher == "fixed"
         else SpacePatcher(6)
+        if patcher == "space"
+        else model.patcher
     )
     assert_causal(model, ids, boundary_positions(p, ids))
 
