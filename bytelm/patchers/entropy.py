@@ -311,7 +311,8 @@ class EntropyPatcher:
             extra={
                 "r": torch.full((batch,), -1, dtype=torch.long),  # relative position, -1 = none
                 "prev_H": torch.zeros(batch),
-                "history": [[] for _ in range(batch)],  # the document's last `context` bytes
+                # the document's last `context` bytes, oldest first (a tensor, so clone() copies it)
+                "history": torch.full((batch, self.context), PAD, dtype=torch.long),
             },
         )
 
@@ -324,9 +325,9 @@ class EntropyPatcher:
         prefilling the last O bytes at each chunk boundary.
         """
         r = int(state.extra["r"][b])
-        hist = state.extra["history"][b]
-        ctx = hist[len(hist) - (r - chunk_start(r, self.context, self.overlap) + 1) :]
-        x = torch.tensor(ctx, dtype=torch.long)
+        x = state.extra["history"][
+            b, self.context - (r - chunk_start(r, self.context, self.overlap) + 1) :
+        ]
         return float(_forward_pieces(self._model_on(device), [x], rows=1)[0][-1])
 
     def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor:
@@ -347,12 +348,10 @@ class EntropyPatcher:
                 c = int(cur[b])
                 if c == BOS or int(ex["r"][b]) < 0:  # a new context segment
                     ex["r"][b] = 0
-                    ex["history"][b] = []
+                    ex["history"][b] = PAD
                 else:
                     ex["r"][b] += 1
-                hist = ex["history"][b]
-                hist.append(c)
-                del hist[: max(0, len(hist) - self.context)]
+                ex["history"][b] = torch.cat([ex["history"][b, 1:], cur[b : b + 1]])
                 H = self._step_entropy(state, b, new_ids.device)
                 prev_H = H if int(ex["r"][b]) == 0 else float(ex["prev_H"][b])
                 ex["prev_H"][b] = H

@@ -225,3 +225,45 @@ def test_cache_matches_live_entropies_and_train_windows(patcher, corpus, tmp_pat
     assert again.done.sum() == cache.done.sum() > 0
     again.build(progress=False)
     assert again.complete and torch.equal(again.window(a, b - a), cache.window(a, b - a))
+
+
+# ------------------------------------------------------------------------ training
+
+
+def test_training_calibrates_caches_and_bundles_the_entropy_model(model_dir, corpus, tmp_path):
+    import shutil
+
+    from bytelm import config as C
+    from bytelm.checkpoint import load_config, load_model
+    from bytelm.train import Trainer
+
+    ent = tmp_path / "entropy"
+    shutil.copytree(model_dir, ent)
+    cfg = C.override(
+        C.load_preset("tiny"),
+        {
+            "model.patcher.name": "entropy",
+            "model.patcher.target_bytes_per_patch": "3",
+            "model.patcher.max_patch_len": "8",
+            "model.patcher.entropy_model": str(ent),
+            "train.steps": "2",
+            "train.eval_every": "2",
+            "train.eval_bytes": "512",
+            "train.out_dir": str(tmp_path / "run"),
+        },
+    )
+    trainer = Trainer(cfg, corpus=corpus)
+    pc = trainer.cfg.model.patcher
+    assert abs(pc.measured_bytes_per_patch / 3 - 1) <= 0.02 and pc.threshold != 0
+    cache = trainer.entropy_feed.cache  # 2 steps read a sliver of the split: filled lazily
+    assert not cache.done.any()
+    trainer.fit()
+    assert 0 < cache.done.sum() < len(cache.done)
+    ckpt = tmp_path / "run" / "checkpoint"
+    shutil.rmtree(ent)  # the checkpoint must not need the original entropy model
+    assert (ckpt / "entropy_model" / "model.safetensors").is_file()
+    model, loaded = load_model(ckpt)
+    assert loaded.model.patcher.threshold == pc.threshold
+    assert Path(load_config(ckpt).model.patcher.entropy_model) == ckpt / "entropy_model"
+    ids = torch.from_numpy(corpus["heldout"].window(0, 64))[None]
+    assert model.patcher.ends(ids).any()
