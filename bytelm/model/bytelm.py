@@ -19,6 +19,7 @@ import torch.nn as nn
 from bytelm.config import ByteLMConfig
 from bytelm.kernels.attention import MaskSpec
 from bytelm.kernels.pooling import pool, unpool
+from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.embed import ByteEmbedding
 from bytelm.model.layers import Attention, Block, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
@@ -113,3 +114,101 @@ class ByteLM(nn.Module):
 
     def loss(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> HeadLosses:
         return multi_head_loss(self(ids, ends), ids, doc_ids(ids), self.cfg.heads.weights)
+
+    # ------------------------------------------------------------ incremental
+
+    def new_cache(
+        self, batch: int, max_len: int, max_step: int = 64, heads: int | None = None
+    ) -> ByteLMCache:
+        """Static caches for `batch` rows of up to `max_len` bytes, fed at most `max_step`
+        bytes per call. Only the first `heads` output heads are computed (default all)."""
+        heads = self.cfg.heads.n if heads is None else heads
+        assert 1 <= heads <= self.cfg.heads.n, f"heads must lie in 1..{self.cfg.heads.n}"
+        return ByteLMCache(self, batch, max_len, max_step, heads)
+
+    @torch.no_grad()
+    def prefill(
+        self, ids: torch.Tensor, cache: ByteLMCache, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Prompts ids (B, T), right-padded to lengths (B,) -> logits (B, T, heads, V)."""
+        return prefill(self.decode, ids, cache, lengths)
+
+    @torch.no_grad()
+    def decode(
+        self, ids: torch.Tensor, cache: ByteLMCache, n_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Feed n new bytes per row, ids (B, n) -> logits (B, n, heads, V) at those positions.
+
+        Equal to `forward` on the whole text so far. The bytes are encoded, the
+        patches they close are pooled and stepped through the latent
+        transformer together, and only then does the decoder read, for each new
+        byte, the last patch complete by it: a patch closing at byte t (even
+        inside this call) is ready before byte t is decoded. `n_valid` (B,)
+        keeps only each row's first n_valid bytes (right-padded prompts).
+        """
+        B, n = ids.shape
+        backend, M = self.cfg.attn_backend, cache.max_patch
+        rows = torch.arange(B, device=ids.device)[:, None]
+        pos, docs = cache.begin(ids)  # (B, n) absolute positions and documents
+        start0 = cache.patch_start
+        ends = self.patcher.step(cache.patcher_state, ids)  # (B, n) byte t ends its patch
+
+        # embed: the n-gram hashes also read the last `history` bytes from the ring
+        hpos = (
+            cache.length[:, None] - cache.history + torch.arange(cache.history, device=ids.device)
+        )
+        hslot, hok = hpos.clamp(min=0) % cache.ring_size, hpos >= 0
+        h_ids = torch.where(hok, cache.ring_ids.gather(1, hslot), PAD)
+        h_docs = torch.where(hok, cache.ring_doc.gather(1, hslot), -1)
+        h = self.embed(torch.cat([h_ids, ids], 1), torch.cat([h_docs, docs], 1))[:, -n:]
+
+        # encode
+        slots, spec = cache.enc.write(pos, docs)
+        h = self.encoder.step(h, cache.enc, slots, spec, backend)  # (B, n, D)
+        ring = pos % cache.ring_size
+        cache.ring_ids[rows, ring] = ids
+        cache.ring_doc[rows, ring] = docs
+        cache.ring_h[rows, ring] = h
+
+        # pool: byte i closes the patch [start_i, pos_i] when ends[i]; its bytes are in the ring
+        prev_end = torch.where(ends, pos, -1)
+        prev_end = torch.cat([prev_end.new_full((B, 1), -1), prev_end[:, :-1]], 1).cummax(1).values
+        start = torch.where(prev_end >= 0, prev_end + 1, start0[:, None])  # (B, n)
+        span = (start[..., None] + torch.arange(M, device=ids.device)) % cache.ring_size
+        x = cache.ring_h[rows[..., None], span].flatten(0, 1)  # (B*n, M, D)
+        lens = torch.where(ends, pos - start + 1, 0).reshape(B * n, 1)
+        mode = "mean" if self.cfg.pooling == "attn" else self.cfg.pooling
+        p = pool(x, lens, mode)  # (B*n, 1, D)
+        if self.cfg.pooling == "attn":
+            q_seg = torch.where(lens > 0, 0, -2)  # (B*n, 1)
+            k_seg = torch.where(torch.arange(M, device=ids.device) < lens, 0, -1)  # (B*n, M)
+            spec = MaskSpec(q_seg, k_seg, torch.zeros_like(q_seg), torch.zeros_like(k_seg), False)
+            p = p + self.pool_attn(self.pool_norm(p), spec, kv=x, backend=backend)
+        p = p.view(B, n, -1)  # (B, n, D), one candidate patch per new byte
+
+        # latent: one step per closed patch, all of this call's together
+        ctx = cache.n_patches[:, None] + ends.long().cumsum(1) - 1  # (B, n) last closed patch
+        patch_doc = cache.ring_doc.gather(1, start % cache.ring_size)
+        lslots, spec = cache.lat.write(ctx, patch_doc, valid=ends)
+        z = self.latent.step(self.to_latent(p), cache.lat, lslots, spec, backend)  # (B, n, G)
+        cache.lat_out[rows, lslots] = self.from_latent(self.latent_norm(z))  # (B, n, D)
+
+        # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
+        cslot = cache.lat.slot(ctx.clamp(min=0))
+        ok = (ctx >= 0) & (cache.lat.doc.gather(1, cslot) == docs)
+        u = unpool(cache.lat_out, torch.where(ok, cslot, -1))  # (B, n, D)
+
+        # decode
+        slots, spec = cache.dec.write(pos, docs)
+        d = self.decoder.step(h + u, cache.dec, slots, spec, backend)  # (B, n, D)
+
+        # heads: head j's layer is cache layer n_layers + j
+        L, logits = self.cfg.decoder.n_layers, []
+        for j, head in enumerate(self.heads[: cache.heads]):
+            y = head.step(d, spec, cache.dec.k[L + j], cache.dec.v[L + j], slots, backend)
+            logits.append(self.unembed(self.norm(y)))
+        logits = torch.stack(logits, dim=2)  # (B, n, heads, V)
+        cache.advance(docs, ends)
+        if n_valid is not None:
+            cache.rollback(n_valid)
+        return logits

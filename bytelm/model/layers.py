@@ -74,6 +74,28 @@ class Attention(nn.Module):
         y = attention(q, k, v, spec, backend=backend)  # (B, H, Tq, Dh)
         return self.out(y.transpose(1, 2).reshape(B, Tq, D))
 
+    def step(
+        self,
+        x: torch.Tensor,  # (B, n, D) the new positions
+        spec: MaskSpec,  # queries: the new positions; keys: every cache slot
+        k_cache: torch.Tensor,  # (B, H, S, Dh), written in place
+        v_cache: torch.Tensor,  # (B, H, S, Dh), written in place
+        slots: torch.Tensor,  # (B, n) where the new keys and values go
+        backend: str = "sdpa",
+    ) -> torch.Tensor:
+        """Cached self-attention: store the new keys/values, then attend over the cache."""
+        B, n, D = x.shape
+        q = self.q(x).view(B, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, Dh)
+        k, v = self.kv(x).view(B, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rope_theta is not None:
+            # keys are stored rotated, at their own positions (the query positions)
+            q, k = rope(q, spec.q_pos, self.rope_theta), rope(k, spec.q_pos, self.rope_theta)
+        rows = torch.arange(B, device=x.device)[:, None]
+        k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)  # (B, n, H, Dh)
+        v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
+        y = attention(q, k_cache, v_cache, spec, backend=backend)  # (B, H, n, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, n, D))
+
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, mlp_ratio: float):
@@ -101,6 +123,11 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), spec, backend=backend)
         return x + self.mlp(self.mlp_norm(x))
 
+    def step(self, x, spec, k_cache, v_cache, slots, backend: str = "sdpa") -> torch.Tensor:
+        """The incremental forward: x (B, n, D) at new positions, see `Attention.step`."""
+        x = x + self.attn.step(self.attn_norm(x), spec, k_cache, v_cache, slots, backend)
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class Stack(nn.Module):
     """`n_layers` blocks with causal (optionally windowed) attention inside segments."""
@@ -118,6 +145,15 @@ class Stack(nn.Module):
         spec = self.mask(seg, pos)
         for block in self.blocks:
             x = block(x, spec, backend)
+        return x
+
+    def step(self, x: torch.Tensor, cache, slots, spec, backend: str = "sdpa") -> torch.Tensor:
+        """x (B, n, D) at new positions -> (B, n, D), reading and extending a `KVCache`.
+
+        `slots, spec = cache.write(pos, seg)` registers the new positions first.
+        """
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, spec, cache.k[i], cache.v[i], slots, backend)
         return x
 
 

@@ -1,0 +1,430 @@
+"""Static, preallocated caches for incremental generation (gpt-fast style).
+
+Every cache is addressed by absolute position, never by "append": a key stored
+for position p lives in slot p % size, next to its position and document. The
+attention mask (`MaskSpec`) is built from those slot positions, so
+
+- a sliding-window stack needs only `window + max_step` slots (a ring);
+- a length pointer is the only state that moves: keys past it are either
+  hidden by the causal mask (their position is after every query) or
+  overwritten by the next call before anything reads them;
+- rolling back to an earlier length is O(1): set the pointer.
+
+Rollback is limited to the bytes of the last call (`rollback(keep)`): a ring
+keeps `max_step` slots beyond its window exactly so that those bytes can be
+forgotten without losing the window before them.
+
+`ByteLMCache` carries, besides the KV caches of the encoder, the latent
+transformer and the decoder (whose slots also hold one layer per output head),
+a position ring of recent bytes (ids, documents and encoder states: the
+n-gram history and the bytes of the open patch, pooled when it closes) and
+the patcher state. `TransformerCache` is the plain ByteTransformer's (the
+entropy model's).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from bytelm.kernels.attention import MaskSpec
+from bytelm.patchers import PatcherState
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one stack, all layers, with one extra dump slot.
+
+    k, v: (L, B, H, S + 1, Dh); slot S is a dump for masked writes (latent
+    candidates that did not close a patch). pos, doc: (B, S + 1) the position
+    and document of each slot; doc -1 marks an empty slot, which no query reads.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+    doc: torch.Tensor
+    window: int | None
+
+    @classmethod
+    def empty(cls, n_layers, batch, n_heads, head_dim, size, window, dtype, device) -> KVCache:
+        shape = (n_layers, batch, n_heads, size + 1, head_dim)
+        return cls(
+            k=torch.zeros(shape, dtype=dtype, device=device),
+            v=torch.zeros(shape, dtype=dtype, device=device),
+            pos=torch.full((batch, size + 1), -1, dtype=torch.long, device=device),
+            doc=torch.full((batch, size + 1), -1, dtype=torch.long, device=device),
+            window=window or None,
+        )
+
+    @classmethod
+    def for_stack(cls, cfg, batch, max_len, max_step, dtype, device) -> KVCache:
+        """A ring of `window + max_step` slots for windowed stacks, else `max_len` slots."""
+        size = min(max_len, cfg.window + max_step) if cfg.window else max_len
+        return cls.empty(
+            cfg.n_layers, batch, cfg.n_heads, cfg.dim // cfg.n_heads, size, cfg.window,
+            dtype, device,
+        )  # fmt: skip
+
+    @property
+    def size(self) -> int:
+        return self.pos.shape[1] - 1
+
+    def slot(self, pos: torch.Tensor) -> torch.Tensor:
+        return pos % self.size
+
+    def write(self, pos: torch.Tensor, doc: torch.Tensor, valid: torch.Tensor | None = None):
+        """Register new positions pos, doc (B, n) -> (slots (B, n), MaskSpec for their queries).
+
+        Invalid entries (valid False) go to the dump slot and their queries read nothing.
+        """
+        slots, q_doc = self.slot(pos), doc
+        if valid is not None:
+            slots = torch.where(valid, slots, self.size)
+            doc = torch.where(valid, doc, -1)
+            q_doc = torch.where(valid, q_doc, -2)
+        self.pos.scatter_(1, slots, pos)
+        self.doc.scatter_(1, slots, doc)
+        return slots, MaskSpec(q_doc, self.doc, pos, self.pos, causal=True, window=self.window)
+
+    def live(self, length: torch.Tensor, span: int) -> dict[str, torch.Tensor]:
+        """What a query at position `length` (B,) could read: the slots of positions
+        [length - span, length), as (L, B, H, span, Dh) tensors with zeros where a
+        row has no such position. For tests: caches that agree here decode alike."""
+        pos = length[:, None] - span + torch.arange(span, device=length.device)  # (B, span)
+        slots = self.slot(pos.clamp(min=0))
+        ok = (pos >= 0) & (self.pos.gather(1, slots) == pos)
+        rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
+        m = ok[None, :, None, :, None]
+        # advanced indices split by a slice come first: (B, span, L, H, Dh)
+        k = self.k[:, rows, :, slots].permute(2, 0, 3, 1, 4)  # (L, B, H, span, Dh)
+        v = self.v[:, rows, :, slots].permute(2, 0, 3, 1, 4)
+        return {
+            "k": torch.where(m, k, 0.0),
+            "v": torch.where(m, v, 0.0),
+            "doc": torch.where(ok, self.doc.gather(1, slots), -1),
+            "present": ok | (pos < 0),  # every position the window needs is still stored
+        }
+
+
+# ----------------------------------------------------------------- patcher state
+
+
+def snapshot_state(state):
+    """A copy of a patcher state that later steps of the original cannot change.
+
+    Tensors are cloned; a value with a `clone()` method (a `TransformerCache`
+    carried by the entropy patcher) is cloned through it; anything else (lists
+    of per-row histories, ...) is deep-copied.
+    """
+    return dataclasses.replace(
+        state,
+        **{
+            f.name: _clone_value(getattr(state, f.name))
+            for f in dataclasses.fields(state)
+            if f.name != "extra"
+        },
+        extra={k: _clone_value(v) for k, v in state.extra.items()},
+    )
+
+
+def _clone_value(v):
+    return v.clone() if isinstance(v, torch.Tensor) or hasattr(v, "clone") else copy.deepcopy(v)
+
+
+def select_state(mask: torch.Tensor, a, b):
+    """Row-wise merge of two patcher states: row r of the result is a's where mask[r], else b's.
+
+    Tensors and lists must have one entry per row; values with a `select(mask,
+    other)` method merge through it; anything else must be equal in both.
+    """
+    rows = mask.tolist() if any(isinstance(v, list) for v in a.extra.values()) else None
+
+    def pick(x, y):
+        if isinstance(x, torch.Tensor):
+            m = mask.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+            return torch.where(m, x, y)
+        if isinstance(x, list):
+            assert len(x) == len(rows), "a list in a patcher state must hold one entry per row"
+            return [xi if r else yi for xi, yi, r in zip(x, y, rows)]
+        if hasattr(x, "select"):
+            return x.select(mask, y)
+        assert x is y or x == y, "patcher state values must be tensors, per-row lists or equal"
+        return x
+
+    return dataclasses.replace(
+        a,
+        **{
+            f.name: pick(getattr(a, f.name), getattr(b, f.name))
+            for f in dataclasses.fields(a)
+            if f.name != "extra"
+        },
+        extra={k: pick(v, b.extra[k]) for k, v in a.extra.items()},
+    )
+
+
+def replay_patcher(patcher, start: PatcherState, ids: torch.Tensor, keep: torch.Tensor):
+    """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n)."""
+    state = snapshot_state(start)
+    for i in range(ids.shape[1]):
+        nxt = snapshot_state(state)
+        patcher.step(nxt, ids[:, i : i + 1])
+        state = select_state(keep > i, nxt, state)
+    return state
+
+
+def start_patcher(patcher, batch: int, device) -> PatcherState:
+    try:
+        return patcher.start(batch, device=device)
+    except TypeError:  # a patcher whose start() takes only the batch size
+        return patcher.start(batch)
+
+
+# ---------------------------------------------------------------- model caches
+
+
+@dataclass
+class _CallRecord:
+    """What `rollback` needs about the last call: the state before it and what it fed."""
+
+    length: torch.Tensor  # (B,)
+    doc: torch.Tensor  # (B,)
+    hi: int
+    ids: torch.Tensor  # (B, n)
+    docs: torch.Tensor  # (B, n)
+    ends: torch.Tensor | None = None  # (B, n) ByteLM only
+    n_patches: torch.Tensor | None = None
+    patch_start: torch.Tensor | None = None
+    patcher_state: PatcherState | None = None
+
+
+class _Pointers:
+    """Length bookkeeping shared by both caches."""
+
+    length: torch.Tensor  # (B,) bytes seen per row: the position of the next byte
+    doc: torch.Tensor  # (B,) document of the last byte (the number of BOS seen)
+    max_len: int
+    max_step: int
+    hi: int  # host-side upper bound of length, so capacity checks need no device sync
+    last: _CallRecord | None
+
+    def _begin(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check capacity, record the rollback point -> positions and documents (B, n)."""
+        B, n = ids.shape
+        if n > self.max_step:
+            raise ValueError(
+                f"bytelm: {n} new bytes in one call exceed the cache's max_step ({self.max_step})"
+            )
+        if self.hi + n > self.max_len:
+            raise ValueError(
+                f"bytelm: {self.hi + n} bytes exceed the cache's max_len ({self.max_len}); "
+                "make a cache with a larger max_len or shorten the prompt"
+            )
+        pos = self.length[:, None] + torch.arange(n, device=ids.device)  # (B, n)
+        docs = self.doc[:, None] + (ids == _BOS).long().cumsum(1)  # (B, n)
+        self.last = _CallRecord(self.length, self.doc, self.hi, ids, docs)
+        return pos, docs
+
+    def _advance(self, docs: torch.Tensor) -> None:
+        self.length = self.length + docs.shape[1]
+        self.doc = docs[:, -1]
+        self.hi += docs.shape[1]
+
+    def _rollback_pointers(self, keep: torch.Tensor) -> _CallRecord:
+        r = self.last
+        assert r is not None, "rollback needs a decode call to roll back"
+        n = r.ids.shape[1]
+        keep = keep.to(r.length.device).long().clamp(0, n)
+        self.length = r.length + keep
+        at = r.docs.gather(1, (keep - 1).clamp(min=0)[:, None])[:, 0]
+        self.doc = torch.where(keep > 0, at, r.doc)
+        self.hi = int(self.length.max()) if self.length.numel() else 0
+        return r
+
+
+_BOS = 256  # bytelm.vocab.BOS, repeated to keep this module free of import cycles
+
+
+class TransformerCache(_Pointers):
+    """The KV cache of a `ByteTransformer` (the baseline, and the entropy model).
+
+    `clone()` shares the KV storage and copies the pointers; because storage is
+    addressed by position, a clone taken before a call can be stepped again
+    over the same bytes (or a prefix of them) and stays correct. `select(mask,
+    other)` merges pointers row-wise. Together they let a `PatcherState` carry
+    this cache through `replay_patcher`.
+    """
+
+    def __init__(self, kv: KVCache, length, doc, max_len: int, max_step: int, hi: int = 0):
+        self.kv, self.length, self.doc = kv, length, doc
+        self.max_len, self.max_step, self.hi, self.last = max_len, max_step, hi, None
+
+    def clone(self) -> TransformerCache:
+        return TransformerCache(
+            self.kv, self.length.clone(), self.doc.clone(), self.max_len, self.max_step, self.hi
+        )
+
+    def select(self, mask: torch.Tensor, other: TransformerCache) -> TransformerCache:
+        assert other.kv is self.kv, "only clones of one cache can be merged"
+        return TransformerCache(
+            self.kv,
+            torch.where(mask, self.length, other.length),
+            torch.where(mask, self.doc, other.doc),
+            self.max_len,
+            self.max_step,
+            max(self.hi, other.hi),
+        )
+
+    def rollback(self, keep: torch.Tensor) -> None:
+        """Keep only the first keep[r] (B,) bytes of row r from the last call."""
+        self._rollback_pointers(keep)
+
+
+class ByteLMCache(_Pointers):
+    """Everything `ByteLM.decode` reads and writes. Build it with `ByteLM.new_cache`.
+
+    enc, lat, dec: KV caches of the encoder, the latent transformer (one slot
+    per patch) and the decoder, whose layers are followed by one layer per
+    output head. lat_out (B, P + 1, D): each patch's latent output, already
+    projected to the byte width. ring_ids, ring_doc (B, R), ring_h (B, R, D):
+    the last R bytes' ids, documents and encoder states, for the n-gram hashes
+    and for pooling the open patch when it closes.
+    """
+
+    def __init__(self, model, batch: int, max_len: int, max_step: int, heads: int):
+        cfg, dev = model.cfg, model.unembed.weight.device
+        dtype = model.unembed.weight.dtype
+        D = cfg.encoder.dim
+        self.patcher, self.heads = model.patcher, heads
+        self.max_len, self.max_step, self.hi, self.last = max_len, max_step, 0, None
+        self.history = max(cfg.ngram.ns, default=1) - 1  # bytes before t in t's n-grams
+        self.max_patch = model.patcher.max_patch_len
+        R = max(self.max_patch, self.history, 1) + max_step
+
+        def zeros(*shape, fill=0, dt=torch.long):
+            return torch.full(shape, fill, dtype=dt, device=dev)
+
+        self.length, self.doc = zeros(batch), zeros(batch)
+        self.n_patches = zeros(batch)  # closed patches: the latent length
+        self.patch_start = zeros(batch)  # position of the open patch's first byte
+        self.ring_ids, self.ring_doc = zeros(batch, R), zeros(batch, R, fill=-1)
+        self.ring_h = zeros(batch, R, D, dt=dtype)
+        self.enc = KVCache.for_stack(cfg.encoder, batch, max_len, max_step, dtype, dev)
+        self.lat = KVCache.for_stack(cfg.latent, batch, max_len, max_step, dtype, dev)
+        self.lat_out = zeros(batch, self.lat.size + 1, D, dt=dtype)
+        dec = cfg.decoder
+        # the heads are decoder-shaped blocks on the same positions: layers n_layers..
+        self.dec = KVCache.for_stack(
+            dataclasses.replace(dec, n_layers=dec.n_layers + heads),
+            batch, max_len, max_step, dtype, dev,
+        )  # fmt: skip
+        self.patcher_state = start_patcher(self.patcher, batch, dev)
+
+    @property
+    def ring_size(self) -> int:
+        return self.ring_ids.shape[1]
+
+    def begin(self, ids: torch.Tensor):
+        pos, docs = self._begin(ids)
+        self.last.n_patches, self.last.patch_start = self.n_patches, self.patch_start
+        self.last.patcher_state = snapshot_state(self.patcher_state)
+        return pos, docs
+
+    def advance(self, docs: torch.Tensor, ends: torch.Tensor) -> None:
+        """After a call over new bytes with patch ends `ends` (B, n)."""
+        self.last.ends = ends
+        self.n_patches, self.patch_start = _after(
+            self.last.length, self.n_patches, self.patch_start, ends
+        )
+        self._advance(docs)
+
+    def rollback(self, keep: torch.Tensor) -> None:
+        """Forget all but the first keep[r] (B,) bytes row r fed in the last decode call.
+
+        The one rollback step of speculative decoding. Every KV cache, the
+        latent outputs and the position ring are addressed by position, so
+        moving the pointers (length, document, closed patches, open patch
+        start) rolls them back; the patcher state is replayed from its
+        snapshot over the kept bytes.
+        """
+        r = self._rollback_pointers(keep)
+        n = r.ids.shape[1]
+        keep = self.length - r.length
+        kept = torch.arange(n, device=keep.device)[None, :] < keep[:, None]
+        self.n_patches, self.patch_start = _after(
+            r.length, r.n_patches, r.patch_start, r.ends & kept
+        )
+        self.patcher_state = replay_patcher(self.patcher, r.patcher_state, r.ids, keep)
+
+    def live(self, latent_span: int | None = None) -> dict[str, torch.Tensor]:
+        """Everything the next call can read, masked to the live positions (for tests).
+
+        Windowed caches are compared over their window, the latent cache over
+        its last `latent_span` patches (default: the longest row's).
+        """
+        P = latent_span or max(int(self.n_patches.max()), 1)
+        out = {
+            "length": self.length,
+            "doc": self.doc,
+            "n_patches": self.n_patches,
+            "patch_start": self.patch_start,
+        }
+        span = max(self.max_patch, self.history, 1)
+        pos = self.length[:, None] - span + torch.arange(span, device=self.length.device)
+        slots, ok = pos.clamp(min=0) % self.ring_size, pos >= 0
+        out["ring_ids"] = torch.where(ok, self.ring_ids.gather(1, slots), -1)
+        out["ring_doc"] = torch.where(ok, self.ring_doc.gather(1, slots), -1)
+        out["ring_h"] = torch.where(ok[..., None], _rows(self.ring_h, slots), 0.0)
+        for name, kv, length in (
+            ("enc", self.enc, self.length),
+            ("lat", self.lat, self.n_patches),
+            ("dec", self.dec, self.length),
+        ):
+            for k, v in kv.live(length, kv.window or P).items():
+                out[f"{name}.{k}"] = v
+        p = self.n_patches[:, None] - P + torch.arange(P, device=self.length.device)
+        ps = self.lat.slot(p.clamp(min=0))
+        out["lat_out"] = torch.where((p >= 0)[..., None], _rows(self.lat_out, ps), 0.0)
+        st = self.patcher_state
+        for f in dataclasses.fields(st):
+            if isinstance(getattr(st, f.name), torch.Tensor):
+                out[f"patcher.{f.name}"] = getattr(st, f.name)
+        for k, v in st.extra.items():
+            if isinstance(v, torch.Tensor):
+                out[f"patcher.extra.{k}"] = v
+        return out
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, S, D), idx (B, n) -> x[b, idx[b, i]] (B, n, D)."""
+    return x.gather(1, idx[..., None].expand(*idx.shape, x.shape[-1]))
+
+
+def _after(length, n_patches, patch_start, ends):
+    """Closed patches and the open patch's start after bytes at length.. with ends (B, n)."""
+    n = ends.shape[1]
+    pos = length[:, None] + torch.arange(n, device=ends.device)
+    last_end = torch.where(ends, pos, -1).amax(1) if n else torch.full_like(length, -1)
+    return n_patches + ends.sum(1), torch.where(last_end >= 0, last_end + 1, patch_start)
+
+
+def prefill(decode, ids: torch.Tensor, cache, lengths: torch.Tensor | None = None):
+    """Feed prompts ids (B, T), right-padded, row r of real length lengths[r], in
+    chunks of cache.max_step -> logits (B, T, K, V) (garbage past each row's length)."""
+    B, T = ids.shape
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.long, device=ids.device)
+    if T > cache.max_len - cache.hi:
+        raise ValueError(
+            f"bytelm: the prompt ({T} bytes with BOS) does not fit the cache "
+            f"(max_len {cache.max_len}); make a cache with a larger max_len or shorten the prompt"
+        )
+    out = []
+    for c in range(0, T, cache.max_step):
+        chunk = ids[:, c : c + cache.max_step]
+        n_valid = (lengths - c).clamp(0, chunk.shape[1])
+        out.append(decode(chunk, cache, n_valid=n_valid))
+    return torch.cat(out, dim=1)
