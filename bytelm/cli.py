@@ -1,4 +1,4 @@
-"""The `bytelm` command: train, eval, demo.
+"""The `bytelm` command: train, train-entropy, eval, patch, compare, demo.
 
 Configs come from TOML presets (`configs/*.toml`) plus dotted overrides such as
 `--model.latent.dim 256`; `bytelm train --help` lists every key and its default.
@@ -71,7 +71,8 @@ def _run_parser(name: str, help: str, sub) -> argparse.ArgumentParser:
 def cmd_train(args, overrides) -> int:
     from bytelm.train import Trainer
 
-    cfg = resolve_config(args.preset, args.config, overrides)
+    preset = args.preset or getattr(args, "default_preset", None)
+    cfg = resolve_config(None if args.config else preset, args.config, overrides)
     trainer = Trainer(cfg)
     last = trainer.fit(resume=args.resume)
     if trainer.acc.is_main_process:
@@ -87,6 +88,18 @@ def cmd_eval(args, overrides) -> int:
 
     if overrides:
         raise CLIError(f"bytelm: eval takes no config overrides (got --{next(iter(overrides))})")
+    if args.target_bytes_per_patch:  # turn the compression knob of an entropy-patched model
+        from bytelm.evals.compression import eval_at_target
+
+        r = eval_at_target(args.checkpoint, args.target_bytes_per_patch, args.data or None,
+                           args.max_bytes or None, args.batch_size)  # fmt: skip
+        print(
+            f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes at "
+            f"θ = {r['threshold']:.4f} ({r['calibrated_bytes_per_patch']:.2f} bytes/patch "
+            f"calibrated, {r['eval_bytes_per_patch']:.2f} in the eval windows; trained at "
+            f"{r['trained_target']:g})"
+        )
+        return 0
     r = bpb_of_checkpoint(
         args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
     )
@@ -120,7 +133,23 @@ def main(argv: list[str] | None = None) -> int:
         "--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)"
     )
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--target-bytes-per-patch",
+        type=float,
+        default=0,
+        help="entropy patcher: re-calibrate θ to this mean patch size on the held-out split first",
+    )
     p.set_defaults(fn=cmd_eval)
+
+    p = _run_parser("train-entropy", "train the entropy patcher's byte LM (preset 'entropy')", sub)
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
+    p.set_defaults(fn=cmd_train, default_preset="entropy")
+
+    from bytelm.evals.compression import add_compare_parser
+    from bytelm.viz import add_patch_parser
+
+    add_patch_parser(sub)
+    add_compare_parser(sub)
 
     p = _run_parser(
         "demo", "train a small ByteLM on the stdlib corpus and compare it with gzip and xz", sub

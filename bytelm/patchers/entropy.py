@@ -58,7 +58,7 @@ def load_entropy_model(path: str | Path) -> tuple[torch.nn.Module, int]:
 
     path = Path(path or DEFAULT_ENTROPY_MODEL)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise ValueError(
             f"bytelm: no entropy model at '{path}'; train one with `bytelm train-entropy` "
             f"(`make demo` does) or set --model.patcher.entropy_model"
         )
@@ -519,7 +519,7 @@ def bundle_entropy_model(cfg, ckpt_dir: str | Path) -> None:
         return
     src = Path(cfg.model.patcher.entropy_model or DEFAULT_ENTROPY_MODEL)
     if not (src / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"bytelm: the entropy model '{src}' is gone; cannot bundle it")
+        raise ValueError(f"bytelm: the entropy model '{src}' is gone; cannot bundle it")
     dst = Path(ckpt_dir) / ENTROPY_DIR
     dst.mkdir(exist_ok=True)
     for name in (MODEL_FILE, CONFIG_FILE):
