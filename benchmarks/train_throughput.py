@@ -36,7 +36,9 @@ def step_fn(model, ids):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per model per round")
@@ -93,7 +95,11 @@ def main(argv=None):
         f"{args.steps} training steps (forward, backward, AdamW) per model, "
         f"{torch.get_num_threads()} torch threads."
     )
-    print(write_results("train_throughput", rows, "Training throughput: ByteLM vs ByteTransformer", notes))
+    print(
+        write_results(
+            "train_throughput", rows, "Training throughput: ByteLM vs ByteTransformer", notes
+        )
+    )
 
 
 if __name__ == "__main__":
