@@ -107,6 +107,26 @@ def cmd_eval(args, overrides) -> int:
     return 0
 
 
+def cmd_sweep(args, overrides) -> int:
+    from bytelm.evals import sweep
+
+    action, *argv = args.argv or ["--help"]
+    if action in ("-h", "--help"):
+        print("usage: bytelm sweep {plan,run} ...  (bytelm sweep plan --help for its options)")
+        return 0
+    if action == "plan":
+        return sweep.plan_main(argv)
+    if action == "run":
+        return sweep.run_main(argv)
+    raise CLIError(f"bytelm: unknown sweep action '{action}'; use 'bytelm sweep plan' or 'run'")
+
+
+def cmd_fit(args, overrides) -> int:
+    from bytelm.evals import sweep
+
+    return sweep.fit_main(args.argv)
+
+
 def cmd_demo(args, overrides) -> int:
     from bytelm.demo import run_demo
 
@@ -150,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
 
     add_patch_parser(sub)
     add_compare_parser(sub)
+
+    # scaling sweeps parse their own options (bytelm.evals.sweep)
+    for name, fn, help in (
+        ("sweep", cmd_sweep, "plan or run a scaling sweep: bytelm sweep {plan,run} --help"),
+        ("fit", cmd_fit, "fit a compression-aware scaling law to a sweep's runs CSV"),
+    ):
+        p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
+        p.add_argument("argv", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=fn)
 
     p = _run_parser(
         "demo", "train a small ByteLM on the stdlib corpus and compare it with gzip and xz", sub

@@ -1,6 +1,7 @@
 """Compression-aware scaling laws on runs measured in bytes.
 
-A run is (N, D, r, flops, loss): N non-embedding *latent* parameters, D
+A run is (N, D, r, flops, loss): N non-embedding *latent* parameters (a
+sweep grows the latent transformer and keeps the local models fixed), D
 training bytes, r bytes per patch (the compression rate), training FLOPs, and
 held-out bits-per-byte. The law fitted here is
 
@@ -176,6 +177,43 @@ def bytes_for_budget(C, N, r=1.0, flops: Flops = LATENT_FLOPS_PER_PARAM_PATCH) -
     """Training bytes D with flops(N, D, r) == C; exact because FLOPs are linear in D."""
     f = _flops_fn(flops)
     return np.asarray(C, dtype=float) / np.asarray(f(N, 1.0, r), dtype=float)
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """flops(N, D, r) = D * (a + b / r + c * N / r), fitted to runs' own FLOPs.
+
+    The form is exact for the latent-only 6 N D / r (a = b = 0, c = 6) and,
+    up to attention terms, for a family whose local models are fixed while the
+    latent grows: a is the per-byte cost of the local models, c N / r the
+    latent's per-patch cost spread over r bytes. The coefficients come from
+    least squares on relative errors; `max_rel_err` is the worst run's.
+    """
+
+    a: float
+    b: float
+    c: float
+    max_rel_err: float
+
+    @classmethod
+    def fit(cls, runs: Runs) -> ComputeModel:
+        y = runs.flops / runs.D  # FLOPs per byte
+        X = np.stack([np.ones_like(y), 1 / runs.bpp, runs.N / runs.bpp], 1)
+        coef, *_ = np.linalg.lstsq(X / y[:, None], np.ones_like(y), rcond=None)
+        coef = np.where(np.abs(coef) < 1e-9 * np.abs(coef).max(), 0.0, coef)  # exact zeros
+        err = float(np.max(np.abs(X @ coef / y - 1)))
+        return cls(*(float(c) for c in coef), max_rel_err=err)
+
+    def __call__(self, N, D, r):
+        N, D, r = (np.asarray(x, dtype=float) for x in (N, D, r))
+        # floor at 1 FLOP per byte: the fit is only trusted where per-byte cost is positive
+        return D * np.maximum(self.a + self.b / r + self.c * N / r, 1.0)
+
+    def __str__(self) -> str:
+        return (
+            f"flops = D (a + b/r + c N/r), a = {self.a:.4g}, b = {self.b:.4g}, c = {self.c:.4g}; "
+            f"max error on the runs {100 * self.max_rel_err:.2g}%"
+        )
 
 
 def size_for_ratio(C: float, bytes_per_param: float, r: float, flops: Flops) -> float:
@@ -905,7 +943,9 @@ def plot_isoflop(iso: IsoFLOPResult, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_frontier(path: str | Path, iso: IsoFLOPResult | None = None, law_fit=None, C=None):
+def plot_frontier(
+    path: str | Path, iso: IsoFLOPResult | None = None, law_fit=None, C=None, flops=None
+):
     """N* (circles) and D* (squares) vs compute, per rate, with the fitted law's optimum."""
     fig, ax = _figure()
     for k, (r, law) in enumerate(iso.n_opt.items() if iso else []):
@@ -917,7 +957,7 @@ def plot_frontier(path: str | Path, iso: IsoFLOPResult | None = None, law_fit=No
         ax.plot(c, law(c), "-", color=color, lw=0.8)
         ax.plot(c, iso.d_opt[r](c), "-", color=color, lw=0.8)
     if law_fit is not None and C is not None:
-        N, D, _ = law_fit.optimal(C)
+        N, D, _ = law_fit.optimal(C, flops or LATENT_FLOPS_PER_PARAM_PATCH)
         ax.plot(C, N, "k--", label="fit: N*")
         ax.plot(C, D, "k:", label="fit: D* (bytes)")
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", title="compute-optimal N*, D*")
@@ -926,7 +966,9 @@ def plot_frontier(path: str | Path, iso: IsoFLOPResult | None = None, law_fit=No
     return Path(path)
 
 
-def plot_compression(path: str | Path, iso: IsoFLOPResult | None = None, law_fit=None, C=None):
+def plot_compression(
+    path: str | Path, iso: IsoFLOPResult | None = None, law_fit=None, C=None, flops=None
+):
     """Optimal bytes per patch vs compute."""
     fig, ax = _figure()
     if iso is not None and len(iso.budgets):
@@ -934,20 +976,32 @@ def plot_compression(path: str | Path, iso: IsoFLOPResult | None = None, law_fit
         if iso.r_law is not None:
             ax.plot(iso.budgets, iso.r_law(iso.budgets), "-", label=f"C^{iso.r_law.exponent:.3f}")
     if law_fit is not None and C is not None:
-        ax.plot(C, law_fit.optimal(C)[2], "k--", label="fit r*")
+        ax.plot(
+            C, law_fit.optimal(C, flops or LATENT_FLOPS_PER_PARAM_PATCH)[2], "k--", label="fit r*"
+        )
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="bytes per patch", title="optimal r")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     return Path(path)
 
 
-def write_plots(out_dir: str | Path, iso: IsoFLOPResult | None = None, law_fit=None, C=None):
-    """Write isoflop.png, frontier.png and compression.png; returns their paths."""
+def write_plots(
+    out_dir: str | Path,
+    iso: IsoFLOPResult | None = None,
+    law_fit=None,
+    C=None,
+    flops: Flops | None = None,
+    prefix: str = "",
+):
+    """Write {prefix}isoflop.png, frontier.png and compression.png; returns their paths.
+
+    `flops` is the compute model for the fitted law's optimum (default 6 N D / r).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if iso is not None and iso.groups:
-        paths.append(plot_isoflop(iso, out / "isoflop.png"))
-    paths.append(plot_frontier(out / "frontier.png", iso, law_fit, C))
-    paths.append(plot_compression(out / "compression.png", iso, law_fit, C))
+        paths.append(plot_isoflop(iso, out / f"{prefix}isoflop.png"))
+    paths.append(plot_frontier(out / f"{prefix}frontier.png", iso, law_fit, C, flops))
+    paths.append(plot_compression(out / f"{prefix}compression.png", iso, law_fit, C, flops))
     return paths

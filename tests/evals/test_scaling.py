@@ -311,7 +311,7 @@ def test_bad_csv_gives_one_line_error(tmp_path, capsys, lines, match):
         S.load_runs(path)
     msg = str(e.value)
     assert msg.startswith("bytelm: ") and "\n" not in msg
-    assert sweep.fit_main([str(path)]) == 1
+    assert sweep.fit_main([str(path)]) == 2  # a user error, as `bytelm` exits on every one
     err = capsys.readouterr().err.strip()
     assert err == msg
 
