@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import lzma
 import time
+from pathlib import Path
 
 from bytelm.config import RunConfig
 from bytelm.vocab import decode
@@ -25,11 +27,50 @@ def heldout_bytes(split, max_bytes: int | None) -> bytes:
     return decode(split.window(0, n).tolist())
 
 
+def ensure_entropy_model(cfg: RunConfig) -> None:
+    """Train the entropy patcher's model (preset 'entropy', ~1 min) unless it exists already."""
+    from bytelm.config import load_preset, override
+    from bytelm.patchers.entropy import DEFAULT_ENTROPY_MODEL
+    from bytelm.train import Trainer
+
+    pc = cfg.model.patcher
+    path = Path(pc.entropy_model or DEFAULT_ENTROPY_MODEL)
+    if cfg.arch != "bytelm" or pc.name != "entropy" or (path / "model.safetensors").is_file():
+        return
+    ecfg = override(load_preset("entropy"), {"train.out_dir": str(path.parent)})
+    ecfg = dataclasses.replace(ecfg, data=dataclasses.replace(ecfg.data, sources=cfg.data.sources))
+    print(f"bytelm demo: training the entropy model first ({ecfg.train.steps} steps) -> {path}")
+    Trainer(ecfg).fit()
+
+
+def compression_table(trainer, max_bytes: int = 65536) -> str:
+    """Fixed, space and entropy patching of the held-out split (Markdown)."""
+    from bytelm.evals.compression import compare, to_markdown
+
+    cfg = trainer.cfg
+    pc = cfg.model.patcher
+    specs = [f"fixed:{pc.k}", "space"]
+    if pc.name == "entropy":
+        specs.append(f"entropy:{pc.target_bytes_per_patch:g}")
+    rows = compare(
+        {"held-out": trainer.corpus},
+        specs,
+        model_cfg=cfg.model,
+        entropy_model=pc.entropy_model or None,
+        max_bytes=max_bytes,
+        max_patch_len=pc.max_patch_len,
+        mode=pc.mode,
+        seq_len=cfg.data.seq_len,
+    )
+    return to_markdown(rows)
+
+
 def run_demo(cfg: RunConfig) -> int:
-    from bytelm.generate import generate_naive
+    from bytelm.generate import generate
     from bytelm.train import Trainer
 
     t0 = time.perf_counter()
+    ensure_entropy_model(cfg)
     trainer = Trainer(cfg)
     n_params = sum(p.numel() for p in trainer.raw_model.parameters())
     print(
@@ -48,10 +89,15 @@ def run_demo(cfg: RunConfig) -> int:
     )
     for name, v in rows:
         print(f"  {name:<20} {v:6.3f}")
-    prompt = b"def "
-    sample = generate_naive(trainer.raw_model, prompt, 240, temperature=0.7, seed=cfg.train.seed)
+    print("\ncompression on the held-out split (bytes per patch; FLOPs per byte of this model):")
+    print(compression_table(trainer))
+    prompt, model, kw = b"def ", trainer.raw_model, dict(temperature=0.7, seed=cfg.train.seed)
+    plain = generate(model, prompt, 240, **kw)
+    spec = generate(model, prompt, 240, speculative=model.n_heads_out > 1, **kw)
     print(
-        "\nsample (plain sampling, temperature 0.7):\n"
-        + (prompt + sample).decode("utf-8", "replace")
+        f"\nsample (temperature 0.7, self-speculative decoding: "
+        f"{spec.stats.bytes_per_forward:.2f} bytes per forward pass, "
+        f"plain decoding {plain.stats.bytes_per_forward:.2f}):\n"
+        + (prompt + spec.bytes).decode("utf-8", "replace")
     )
     return 0

@@ -359,15 +359,18 @@ class EntropyPatcher:
         model = self._model_on(device)
         L, O = self.context, self.overlap
         fresh = r == 0 or ex["kv"].caches[b] is None or (r >= L and (r - O) % (L - O) == 0)
+        # never mutate a cache another state may share (PatcherState.clone copies tensors only)
+        caches = list(ex["kv"].caches)
         with torch.autocast(device.type, enabled=False):
             if fresh:
                 ctx = ex["history"][b, L - (r - chunk_start(r, L, O) + 1) :].to(device)
-                cache = model.new_cache(1, L, max_step=min(64, L))
-                logits = model.prefill(ctx[None], cache)[:, -1]  # (1, 1, V)
-                ex["kv"].caches[b] = cache
+                caches[b] = model.new_cache(1, L, max_step=min(64, L))
+                logits = model.prefill(ctx[None], caches[b])[:, -1]  # (1, 1, V)
             else:
+                caches[b] = caches[b].clone()  # pointers only; storage is position-addressed
                 c = ex["history"][b, -1:].to(device)
-                logits = model.step(c[None], ex["kv"].caches[b])[:, -1]
+                logits = model.step(c[None], caches[b])[:, -1]
+        ex["kv"] = RowCaches(caches)
         return float(_entropy_bits(logits[:, 0]).half().float())
 
     def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,12 @@ def test_step_equals_ends(patcher, mode):
     for b, r in enumerate(rows):
         assert torch.equal(stepped[b, : len(r)], ends[b, : len(r)]), b
     assert ends.any() and not ends.all()
+    # a cloned state continues independently of the original (generation branches, rollback)
+    state = p.start(2)
+    p.step(state, ids[:, :60])
+    branch = state.clone()
+    p.step(state, torch.randint(0, 256, (2, 30), generator=g))  # the original wanders off
+    assert torch.equal(p.step(branch, ids[:, 60:80]), ends[:, 60:80])
 
 
 def test_prefix_patching_and_contract(patcher):
@@ -230,15 +236,14 @@ def test_cache_matches_live_entropies_and_train_windows(patcher, corpus, tmp_pat
 # ------------------------------------------------------------------------ training
 
 
-def test_training_calibrates_caches_and_bundles_the_entropy_model(model_dir, corpus, tmp_path):
+def test_training_calibrates_caches_and_bundles_the_entropy_model(corpus, tmp_path):
     import shutil
 
     from bytelm import config as C
     from bytelm.checkpoint import load_config, load_model
     from bytelm.train import Trainer
 
-    ent = tmp_path / "entropy"
-    shutil.copytree(model_dir, ent)
+    ent = save_tiny_entropy_model(tmp_path / "entropy", context=CONTEXT, seed=1)  # own cache key
     cfg = C.override(
         C.load_preset("tiny"),
         {
