@@ -24,6 +24,7 @@ from bytelm.checkpoint import load_trainer_state, load_weights, save_checkpoint
 from bytelm.config import RunConfig
 from bytelm.data import load_corpus
 from bytelm.evals.bpb import evaluate_bpb
+from bytelm.evals.flops import run_size
 from bytelm.model import build_model
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
@@ -90,6 +91,7 @@ class Trainer:
             cfg, self.entropy_feed = prepare_entropy(cfg, corpus, main=self.acc.is_main_process)
         self.cfg = cfg
         self.model = build_model(cfg)
+        self.size = run_size(cfg)  # non-embedding params, analytic training FLOPs per byte
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, tc.weight_decay),
             lr=tc.lr,
@@ -221,9 +223,12 @@ class Trainer:
             rec = self.train_step()
             rate = bytes_per_step * (self.step - steps0) / (time.perf_counter() - t0)
             rec["bytes_per_s"] = rate
+            if "flops_per_byte" in self.size:  # cumulative training FLOPs (analytic)
+                rec["flops"] = self.size["flops_per_byte"] * bytes_per_step * self.step
             if self.step % tc.eval_every == 0 or self.step == tc.steps:
                 last_eval = self.evaluate()
                 rec.update(last_eval, world_size=self.acc.num_processes)
+                rec["params_non_embedding"] = self.size["params_non_embedding"]
             self.history.append(rec)
             if log is not None and (self.step % tc.log_every == 0 or "bpb" in rec):
                 log.write(json.dumps(rec) + "\n")

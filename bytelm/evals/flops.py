@@ -201,3 +201,23 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
     out["non_embedding"] = sum(v for k, v in out.items() if k != "embedding")
     out["total"] = out["non_embedding"] + out["embedding"]
     return out
+
+
+def run_size(run_cfg) -> dict[str, float]:
+    """What a training run logs about its size (a RunConfig in).
+
+    "params_non_embedding" always; "flops_per_byte" (training) when the config
+    fixes the patch rate: fixed:k gives k (the data's mean is a little lower,
+    since patches also end at EOS), a calibrated entropy patcher its measured
+    rate. space and bpe patches depend on the data, so they get no FLOPs here.
+    """
+    model = run_cfg.transformer if run_cfg.arch == "transformer" else run_cfg.model
+    out: dict[str, float] = {"params_non_embedding": param_counts(model)["non_embedding"]}
+    r: float | None = 1.0
+    if run_cfg.arch == "bytelm":
+        pc = run_cfg.model.patcher
+        rates = {"fixed": pc.k, "entropy": pc.measured_bytes_per_patch or pc.target_bytes_per_patch}
+        r = rates.get(pc.name)
+    if r:
+        out["flops_per_byte"] = flops_per_byte(model, r, run_cfg.data.seq_len)["total"]
+    return out

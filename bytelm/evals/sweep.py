@@ -102,13 +102,20 @@ def nearest_member(base, N: float) -> tuple[int, object]:
 
 
 def patcher_for(patcher, r: float):
-    """The PatcherConfig that gives r bytes per patch: fixed:k for an integer r."""
+    """The PatcherConfig that gives r bytes per patch.
+
+    An entropy patcher (the preset's `model.patcher.name = "entropy"`) is
+    calibrated to r by the Trainer; anything else becomes fixed:r, which needs
+    an integer r.
+    """
+    if patcher.name == "entropy":
+        return replace(patcher, target_bytes_per_patch=float(r), measured_bytes_per_patch=0.0)
     if float(r).is_integer():
         k = int(r)
         return replace(patcher, name="fixed", k=k, max_patch_len=max(patcher.max_patch_len, k))
     raise S.ScalingError(
-        f"bytes per patch {r:g} is not an integer; sweeps patch with fixed:k, so use integer "
-        "rates (entropy-patched sweeps are not wired in yet)"
+        f"bytes per patch {r:g} is not an integer; fixed:k patching needs integer rates "
+        "(or set model.patcher.name = entropy in the preset to calibrate to any rate)"
     )
 
 
@@ -206,19 +213,27 @@ def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Calla
                 progress=False,
             ),
         )
-        bpp = measure_bytes_per_patch(
-            make_patcher(patcher), corpus["heldout"], dc.seq_len, tc.eval_bytes or 131072
-        )
+        trainer = Trainer(cfg, corpus=corpus)  # calibrates an entropy patcher to its target
+        patcher = trainer.cfg.model.patcher
+        if patcher.name == "entropy":  # held-out mean after calibration
+            bpp = patcher.measured_bytes_per_patch
+            name = f"entropy:{patcher.target_bytes_per_patch:g}"
+        else:
+            bpp = measure_bytes_per_patch(
+                make_patcher(patcher), corpus["heldout"], dc.seq_len, tc.eval_bytes or 131072
+            )
+            name = f"fixed:{patcher.k}"
         D = steps * bytes_per_step
+        # entropies are computed once and cached, so the frozen entropy model is not counted
         fpb = flops_per_byte(cfg.model, bpp, dc.seq_len)["total"]
         counts = param_counts(cfg.model)
         log(
             f"{row['run_id']}: latent {cfg.model.latent.dim}x{cfg.model.latent.n_layers} "
-            f"(N = {N:,}), fixed:{patcher.k} ({bpp:.3f} bytes/patch), {steps} steps = {D:,} bytes, "
+            f"(N = {N:,}), {name} ({bpp:.3f} bytes/patch), {steps} steps = {D:,} bytes, "
             f"{fpb * D:.3g} FLOPs"
         )
         t0 = time.perf_counter()
-        last = Trainer(cfg, corpus=corpus).fit()
+        last = trainer.fit()
         wall = time.perf_counter() - t0
         log(f"{row['run_id']}: held-out bpb {last['bpb']:.4f} in {wall:.0f} s")
         return {
@@ -228,7 +243,7 @@ def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Calla
             "bpp": bpp,
             "flops": fpb * D,
             "latent": f"{cfg.model.latent.dim}x{cfg.model.latent.n_layers}",
-            "patcher": f"fixed:{patcher.k}",
+            "patcher": name,
             "steps": steps,
             "non_embedding_params": counts["non_embedding"],
             "embedding_params": counts["embedding"],

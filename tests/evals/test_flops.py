@@ -18,8 +18,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bytelm.config import ByteLMConfig, HeadsConfig, NGramConfig, PatcherConfig, TransformerConfig
-from bytelm.evals.flops import flops_per_byte, mean_context, param_counts
+from bytelm.config import (
+    ByteLMConfig,
+    HeadsConfig,
+    NGramConfig,
+    PatcherConfig,
+    RunConfig,
+    TransformerConfig,
+)
+from bytelm.evals.flops import flops_per_byte, mean_context, param_counts, run_size
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.vocab import BOS, EOS
 
@@ -231,3 +238,16 @@ def test_param_counts_are_exact(cfg):
         assert got["latent"] == table(model.latent) + sum(
             table(m) for m in (model.to_latent, model.latent_norm, model.from_latent)
         )
+
+
+def test_run_size_uses_the_configured_rate():
+    run = RunConfig(model=lm_cfg(4))
+    size = run_size(run)
+    assert size["params_non_embedding"] == param_counts(run.model)["non_embedding"]
+    assert size["flops_per_byte"] == flops_per_byte(run.model, 4, run.data.seq_len)["total"]
+    space = replace(run, model=replace(run.model, patcher=PatcherConfig(name="space")))
+    assert "flops_per_byte" not in run_size(space)  # its rate depends on the data
+    plain = RunConfig(arch="transformer")
+    assert (
+        run_size(plain)["flops_per_byte"] == flops_per_byte(plain.transformer, seq_len=512)["total"]
+    )

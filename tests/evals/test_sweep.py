@@ -113,6 +113,10 @@ def test_sweep_plans_trains_resumes_and_fits(setup, capsys):
         assert flops == pytest.approx(flops_per_byte(member.model, bpp, 32)["total"] * D)
         assert 0 < loss < 9  # bits per byte, held out
         assert (out / row["run_id"] / "checkpoint").is_dir()
+        # the Trainer logs its size and cumulative FLOPs (at the nominal k = 2)
+        logged = json.loads((out / row["run_id"] / "metrics.jsonl").read_text().splitlines()[-1])
+        assert logged["params_non_embedding"] == param_counts(member.model)["non_embedding"]
+        assert logged["flops"] == pytest.approx(flops_per_byte(member.model, 2, 32)["total"] * D)
 
     # a finished sweep trains nothing
     assert cli.main([*run, *more]) == 0
