@@ -44,6 +44,7 @@ COLUMNS = (
     "infer_flops_per_byte",
     "threshold",
     "bpb",
+    "note",
 )
 
 
@@ -209,6 +210,7 @@ def compare(
     """One row per corpus x patcher (see the module docstring). `corpora`: name -> load_corpus()
     output; `checkpoints`: spec -> ByteLM checkpoint whose held-out bpb fills the bpb column."""
     from bytelm.evals.flops import flops_per_byte
+    from bytelm.patchers.entropy import CalibrationError
 
     parsed = [parse_spec(s) for s in specs]
     factory = PatcherFactory(entropy_model, max_patch_len, mode)
@@ -229,7 +231,15 @@ def compare(
     for name, corpus in corpora.items():
         ids = heldout_sample(corpus["heldout"], max_bytes)
         for spec in parsed:
-            patcher, theta = fitted.get(spec) or factory.build(spec, corpus, max_bytes)
+            try:
+                patcher, theta = fitted.get(spec) or factory.build(spec, corpus, max_bytes)
+            except CalibrationError as e:  # one unreachable target does not sink the table
+                rows.append(
+                    {"corpus": name, "patcher": spec.text, "note": str(e).split(": ", 1)[1]}
+                )
+                if log is not None:
+                    log(f"{name:>12} {spec.text:<12} skipped: {rows[-1]['note']}")
+                continue
             H = None
             if spec.kind == "entropy":
                 from bytelm.patchers.entropy_cache import EntropyCache
@@ -331,6 +341,7 @@ def plot(rows: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("mean") is not None]
     corpora = list(dict.fromkeys(r["corpus"] for r in rows))
     patchers = list(dict.fromkeys(r["patcher"] for r in rows))
     with_bpb = [r for r in rows if r.get("bpb") is not None and r.get("train_flops_per_byte")]

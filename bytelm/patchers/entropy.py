@@ -518,9 +518,12 @@ def calibrate_threshold(
     best = min({a, max(a - 1, 0)}, key=lambda i: abs(measure(cands[i]) - target))
     theta, got = cands[best], measure(cands[best])
     if abs(got / target - 1) > tol:
+        why = "calibrate on more held-out data"
+        if len(cands) < 64:
+            why = f"its entropies take only {len(cands) - 2} distinct values: is the entropy model trained?"
         raise CalibrationError(
             f"bytelm: cannot calibrate to {target:g} bytes per patch within {tol:.0%} on "
-            f"{N:,} positions (closest: {got:.3f}); calibrate on more held-out data"
+            f"{N:,} positions (closest: {got:.3f}); {why}"
         )
     return Calibration(theta, got, target, "bisection", N)
 
