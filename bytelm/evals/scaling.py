@@ -892,7 +892,9 @@ def plan(
             f"no model size gets {min_ratios_per_N} bytes-per-param ratios spanning "
             f"{min_spread:g}x under these budgets; add budgets over a wider range"
         )
-    rows.sort(key=lambda row: (row.bpp, row.budget, row.N))
+    rows.sort(
+        key=lambda row: (row.budget, row.bpp, row.N)
+    )  # cheapest first: a cut sweep has whole budgets
 
     def cond(rs):
         return design_condition([x.N for x in rs], [x.D for x in rs], prior, [x.bpp for x in rs])

@@ -268,7 +268,10 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
         "--sizes",
         type=float,
         nargs="+",
-        help="latent params N (with --preset: snapped to its family; default: the whole family)",
+        action="append",
+        help="latent params N (with --preset: snapped to its family; default: the whole family); "
+        "give it once per rate to shift sizes with the rate, which the full law needs "
+        "when every rate has only 3 sizes",
     )
     p.add_argument("--rates", type=float, nargs="+", default=[1.0], help="bytes per patch")
     p.add_argument(
@@ -290,28 +293,35 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
     if args is None:
         return code
     try:
-        flops, sizes = S.LATENT_FLOPS_PER_PARAM_PATCH, args.sizes
+        flops, sizes = S.LATENT_FLOPS_PER_PARAM_PATCH, args.sizes or [[]]
+        if len(sizes) not in (1, len(args.rates)):
+            raise S.ScalingError(
+                f"give --sizes once, or once per rate ({len(args.rates)} times); got {len(sizes)}"
+            )
         if args.preset:
             from bytelm.config import load_preset
 
             base = load_preset(args.preset)
             flops = FamilyFlops(base)
             members = [n for n, _ in family(base)]
-            if sizes:  # snapped, so that every planned N is a model that exists
-                sizes = sorted({nearest_member(base, n)[0] for n in sizes})
-            else:
-                sizes = members
-        elif not sizes:
+            # snapped, so that every planned N is a model that exists
+            sizes = [sorted({nearest_member(base, n)[0] for n in ns}) or members for ns in sizes]
+        elif not all(sizes):
             raise S.ScalingError("give --sizes, or --preset to plan over its family")
-        grid = S.plan(
-            args.budgets,
-            sizes,
+        kw = dict(
             ratio_range=tuple(args.ratio_range) if args.ratio_range else None,
-            compression_rates=args.rates,
             min_ratios_per_N=args.min_ratios,
             min_spread=args.min_spread,
             flops=flops,
         )
+        if len(sizes) == 1:
+            grid = S.plan(args.budgets, sizes[0], compression_rates=args.rates, **kw)
+        else:
+            parts = [
+                S.plan(args.budgets, ns, compression_rates=[r], **kw)
+                for ns, r in zip(sizes, args.rates)
+            ]
+            grid = _merge_plans(parts)
     except ValueError as e:  # ScalingError and config errors: both start with "bytelm:"
         return _fail(e)
     print(grid.to_markdown())
@@ -319,6 +329,29 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
         grid.write_csv(args.out)
         print(f"wrote {len(grid.rows)} runs to {args.out}")
     return 0
+
+
+def _merge_plans(parts: Sequence[S.Plan], max_condition: float = 1e4) -> S.Plan:
+    """One plan from per-rate plans, its conditioning measured on the union."""
+
+    def cond(rows):
+        N, D, r = ([getattr(x, c) for x in rows] for c in ("N", "D", "bpp"))
+        return S.design_condition(N, D, S.DEFAULT_PRIOR, r)
+
+    rows = sorted(
+        (row for part in parts for row in part.rows), key=lambda x: (x.budget, x.bpp, x.N)
+    )
+    fixed = [row for part in parts for row in part.fixed_rows]
+    warns = [w for part in parts for w in part.warnings if not w.startswith("condition number")]
+    planned = cond(rows)
+    if planned.full > max_condition:
+        warns.append(
+            f"condition number {planned.full:.3g} > {max_condition:.3g} under the prior; "
+            "add budgets over a wider range, or more rates to identify the compression term"
+        )
+    return S.Plan(
+        rows, planned, fixed, cond(fixed), parts[0].fixed_bytes_per_patch_per_param, warns
+    )
 
 
 # ---------------------------------------------------------------------- run

@@ -129,6 +129,23 @@ def test_sweep_plans_trains_resumes_and_fits(setup, capsys):
     assert "flops = D (a + b/r + c N/r)" in report  # the compute model read off the runs
 
 
+def test_plan_shifts_sizes_with_the_rate(tmp_path, capsys):
+    # the same 3 sizes at both rates leave the full law singular; shifted sizes do not
+    argv = ["sweep", "plan", "--preset", "sweep", "--budgets", "2e11", "4e11", "8e11"]
+    argv += ["--rates", "2", "4", "--ratio-range", "2", "1000"]
+    same = ["--sizes", "15e3", "31e3", "54e3"]
+    assert cli.main([*argv, *same]) == 0
+    assert "Condition number (full / A-B block): inf" in capsys.readouterr().out
+    out = tmp_path / "grid.csv"
+    assert cli.main([*argv, *same, "--sizes", "31e3", "54e3", "105e3", "--out", str(out)]) == 0
+    assert "Condition number (full / A-B block): inf" not in capsys.readouterr().out
+    grid = sweep.read_grid(out)
+    sizes = {r: sorted({row["N"] for row in grid if row["bpp"] == r}) for r in (2.0, 4.0)}
+    assert sizes == {2.0: [15456, 30864, 54464], 4.0: [30864, 54464, 104768]}
+    budgets = [float(row["budget"]) for row in grid]
+    assert budgets == sorted(budgets)  # cheapest first
+
+
 def test_compute_model_recovers_local_and_latent_costs():
     # a family with fixed local models: 2e5 FLOPs per byte, plus 6.3 N per patch
     N = [1e4, 3e4, 1e5, 1e4, 3e4, 1e5]
@@ -166,6 +183,7 @@ def test_family_flops_is_exact_at_the_family_sizes():
         (["sweep", "run", "g.csv", "--runs", "r.csv", "--preset", "nope"], "unknown preset"),
         (["sweep", "run", "g.csv", "--runs", "r.csv", "--model.latent.dimm", "3"], "unknown"),
         (["sweep", "plan", "--budgets", "1e12", "--rates", "2"], "give --sizes"),
+        (["sweep", "plan", "--budgets", "1", "--sizes", "1", "--sizes", "2"], "once per rate"),
         (["sweep", "frobnicate"], "unknown sweep action"),
     ],
 )
