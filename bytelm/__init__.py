@@ -17,6 +17,7 @@ from bytelm.config import (
 )
 from bytelm.data import ByteCorpus, DataConfig, load_corpus
 from bytelm.evals.bpb import evaluate_bpb
+from bytelm.generate import GenerationConfig, GenerationResult, generate  # shadows the module name
 from bytelm.model import ByteLM, ByteTransformer, build_model
 from bytelm.patchers import FixedPatcher, SpacePatcher, make_patcher
 from bytelm.vocab import BOS, EOS, PAD, VOCAB_SIZE, decode, encode
@@ -32,6 +33,8 @@ __all__ = [
     "ByteTransformer",
     "DataConfig",
     "FixedPatcher",
+    "GenerationConfig",
+    "GenerationResult",
     "HeadsConfig",
     "NGramConfig",
     "PatcherConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "decode",
     "encode",
     "evaluate_bpb",
+    "generate",
     "load_corpus",
     "load_model",
     "load_preset",

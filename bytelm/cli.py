@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(fn=cmd_demo)
 
+    from bytelm.generate import add_generate_parser
+
+    add_generate_parser(sub)  # `bytelm generate CKPT --prompt ...`
+
     args, rest = parser.parse_known_args(argv)
     try:
         return args.fn(args, _split_overrides(rest))

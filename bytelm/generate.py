@@ -1,10 +1,153 @@
-"""Text generation. For now: plain sampling by full recomputation (no caches)."""
+"""Text generation: cached incremental decoding and self-speculative decoding.
+
+    result = bytelm.generate(model, b"def ", max_new_bytes=200, temperature=0.0,
+                             speculative=True)
+    result.bytes, result.stats.bytes_per_forward, result.stats.accept_rate
+
+Plain decoding feeds one byte per forward pass through `model.decode`, with
+static caches, so the cost of a byte does not grow with the text (the local
+stacks are windowed; the latent transformer steps once per patch).
+
+Self-speculative decoding (Medusa-style drafting, Leviathan et al. 2023
+verification): at the last position, head k (k >= 2) predicts byte t+k, so
+heads 2..D+1 draft D bytes. One `decode` call over [next byte, drafts]
+scores them all; `bytelm.kernels.verify` keeps the longest accepted prefix and
+picks the byte after it, and `cache.rollback` forgets the rest, so each forward
+pass emits between 1 and D+1 bytes. Greedy output is identical to plain greedy
+decoding; sampled output has the same distribution as plain sampling (lossless
+rejection sampling against the drafts' own distributions q).
+
+Sampling: temperature 0 is greedy. Top-k and top-p act on the tempered
+distribution. BOS and PAD are never generated; EOS ends a row and is not part
+of its bytes. A stop string ends a row and is kept in its bytes.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
 import torch
 
-from bytelm.vocab import BOS, EOS, VOCAB_SIZE
+from bytelm.vocab import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate. The defaults of `generate` and of `bytelm generate` come from here."""
+
+    max_new_bytes: int = 256
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep the k most likely bytes; 0 = all
+    top_p: float = 1.0  # keep the smallest set with this much probability; 1 = all
+    speculative: bool = False
+    draft_heads: int = 0  # bytes drafted per forward pass; 0 = every extra head (K - 1)
+    seed: int = 0
+    stop: tuple[bytes, ...] = ()  # a row stops after any of these byte strings
+
+    def __post_init__(self):
+        stop = (self.stop,) if isinstance(self.stop, (bytes, str)) else tuple(self.stop or ())
+        stop = tuple(s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop)
+        object.__setattr__(self, "stop", stop)
+        checks = [
+            (self.max_new_bytes >= 0, f"max_new_bytes must be >= 0, got {self.max_new_bytes}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
+            (0 < self.top_p <= 1, f"top_p must lie in (0, 1], got {self.top_p}"),
+            (self.draft_heads >= 0, f"draft_heads must be >= 0, got {self.draft_heads}"),
+            (all(self.stop), "stop strings must not be empty"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"bytelm: {msg}")
+
+
+@dataclass
+class GenerationStats:
+    """What a generate call measured. Rates are per row-forward: a forward pass counts once
+    for every row still generating in it."""
+
+    new_bytes: int = 0  # over all rows
+    forward_passes: int = 0  # prefill + decode calls
+    row_forwards: int = 0  # forward passes summed over the rows still generating
+    draft_heads: int = 0
+    drafted: list[int] = field(default_factory=list)  # per draft head: drafts verified
+    accepted: list[int] = field(default_factory=list)  # per draft head: drafts accepted
+    prefill_seconds: float = 0.0
+    seconds: float = 0.0  # the whole call, prefill included
+
+    @property
+    def bytes_per_forward(self) -> float:
+        return self.new_bytes / max(self.row_forwards, 1)
+
+    @property
+    def accept_rate(self) -> list[float]:
+        """Per draft head i (drafting byte t+i+1): P(accepted | the drafts before it were)."""
+        return [a / max(d, 1) for a, d in zip(self.accepted, self.drafted)]
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.new_bytes / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        s = (
+            f"{self.new_bytes} bytes in {self.seconds:.2f} s ({self.bytes_per_s:.1f} bytes/s, "
+            f"prefill {self.prefill_seconds:.2f} s), {self.forward_passes} forward passes, "
+            f"{self.bytes_per_forward:.2f} bytes per forward pass"
+        )
+        if self.draft_heads:
+            rates = " ".join(f"{r:.2f}" for r in self.accept_rate)
+            s += f", acceptance per draft head: {rates}"
+        return s
+
+
+@dataclass
+class GenerationResult:
+    """`bytes`: the new bytes (a list when the prompt was a list). `finish`: per row,
+    "eos", "stop" or "length"."""
+
+    bytes: bytes | list[bytes]
+    stats: GenerationStats
+    finish: list[str]
+
+
+# ----------------------------------------------------------------- sampling
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """logits (..., V) -> fp32 logits with -inf where a byte may not be generated.
+
+    BOS and PAD never may; with temperature > 0, neither may bytes outside the
+    top-k or top-p set of the tempered distribution. softmax(result / temperature)
+    is the distribution sampling draws from.
+    """
+    x = logits.float().clone()
+    x[..., BOS] = float("-inf")
+    x[..., PAD] = float("-inf")
+    if temperature == 0:
+        return x
+    if top_k and top_k < x.shape[-1]:
+        kth = x.topk(top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = x.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_x / temperature, dim=-1)
+        # drop a byte when the bytes more likely than it already reach top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x
+
+
+def _draw(x: torch.Tensor, temperature: float, g: torch.Generator | None) -> torch.Tensor:
+    """Filtered logits (..., V) -> samples (...), greedy when temperature == 0."""
+    if temperature == 0:
+        return x.argmax(-1)
+    p = torch.softmax(x / temperature, dim=-1)
+    return torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=g).view(p.shape[:-1])
 
 
 def sample_logits(
@@ -12,18 +155,251 @@ def sample_logits(
     temperature: float,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
     """logits (B, V) -> next ids (B,). Greedy when temperature == 0. BOS/PAD are never sampled."""
-    logits = logits.float().clone()
-    logits[:, BOS] = float("-inf")
-    logits[:, VOCAB_SIZE - 1] = float("-inf")  # PAD
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+    return _draw(filter_logits(logits, temperature, top_k, top_p), temperature, generator)
+
+
+# --------------------------------------------------------------- generation
+
+
+def generate(
+    model: torch.nn.Module,
+    prompt_bytes: bytes | str | Sequence[bytes | str],
+    max_new_bytes: int = GenerationConfig.max_new_bytes,
+    temperature: float = GenerationConfig.temperature,
+    top_k: int = GenerationConfig.top_k,
+    top_p: float = GenerationConfig.top_p,
+    speculative: bool = GenerationConfig.speculative,
+    seed: int = GenerationConfig.seed,
+    draft_heads: int = GenerationConfig.draft_heads,
+    stop: bytes | str | Sequence[bytes | str] = GenerationConfig.stop,
+    stream: bool = False,
+    max_len: int | None = None,
+    max_step: int = 64,
+) -> GenerationResult | GenerationStream:
+    """Continue each prompt by up to `max_new_bytes` bytes.
+
+    prompt_bytes: one prompt (bytes or str) or a list of them (a batch; rows may
+    differ in length). Each prompt is read as the start of a document: BOS +
+    prompt; an empty prompt generates from BOS. speculative: self-speculative
+    decoding with `draft_heads` drafts per forward pass (default every extra
+    head). max_len: the caches' capacity in bytes (default: just enough); a
+    prompt that does not fit is an error, never silently truncated. max_step:
+    bytes per prefill call. stream: return a `GenerationStream`, which yields
+    new bytes as soon as they are accepted (bytes, or a list of bytes per row
+    for a batch) and holds the result once exhausted.
+    """
+    cfg = GenerationConfig(
+        max_new_bytes, temperature, top_k, top_p, speculative, draft_heads, seed, stop
+    )
+    batched = not isinstance(prompt_bytes, (bytes, bytearray, str))
+    prompts = list(prompt_bytes) if batched else [prompt_bytes]
+    prompts = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in prompts]
+    if not prompts:
+        raise ValueError("bytelm: generate needs at least one prompt")
+    s = GenerationStream(_run(model, prompts, cfg, max_len, max_step), batched)
+    if stream:
+        return s
+    for _ in s:
+        pass
+    return s.result
+
+
+class GenerationStream:
+    """Iterate to get new bytes as they are accepted; `.result` once exhausted."""
+
+    def __init__(self, gen: Iterator, batched: bool):
+        self._gen, self._batched = gen, batched
+        self.result: GenerationResult | None = None
+
+    def __iter__(self):
+        while True:
+            try:
+                chunk = next(self._gen)
+            except StopIteration as stop:
+                res = stop.value
+                break
+            yield chunk if self._batched else chunk[0]
+        if not self._batched:
+            res.bytes = res.bytes[0]
+        self.result = res
+
+
+def _draft_count(model, cfg: GenerationConfig) -> int:
+    if not cfg.speculative:
+        return 0
+    K = model.n_heads_out
+    if K < 2:
+        raise ValueError(
+            "bytelm: speculative decoding needs extra output heads, and this model has one "
+            "(train it with --model.heads.n 2 or more)"
+        )
+    if cfg.draft_heads > K - 1:
+        raise ValueError(
+            f"bytelm: draft_heads must lie in 1..{K - 1} for this model ({K} heads), "
+            f"got {cfg.draft_heads}"
+        )
+    return cfg.draft_heads or K - 1
+
+
+@torch.no_grad()
+def _run(model, prompts: list[bytes], cfg: GenerationConfig, max_len, max_step):
+    """Yields, per forward pass, the new bytes of every row; returns a GenerationResult."""
+    from bytelm.kernels.verify import verify
+
+    t0 = time.perf_counter()
+    B, D, T = len(prompts), _draft_count(model, cfg), cfg.temperature
+    stats = GenerationStats(draft_heads=D, drafted=[0] * D, accepted=[0] * D)
+    out, finish = [bytearray() for _ in range(B)], ["length"] * B
+    if cfg.max_new_bytes == 0:
+        return GenerationResult([bytes(o) for o in out], stats, finish)
+    model.eval()
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    lengths = [len(p) + 1 for p in prompts]  # BOS + prompt
+    # a finished row still takes part (its bytes rolled back) while others run: 2D of slack
+    need = max(lengths) + cfg.max_new_bytes + 2 * D + 1
+    if max_len is not None and max(lengths) > max_len:
+        raise ValueError(
+            f"bytelm: the prompt is {max(lengths) - 1} bytes but the cache holds {max_len} "
+            f"(with BOS); raise max_len or shorten the prompt"
+        )
+    cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=1 + D)
+    ids = torch.full((B, max(lengths)), PAD, dtype=torch.long, device=dev)
+    for r, p in enumerate(prompts):
+        ids[r, : lengths[r]] = torch.tensor([BOS, *p], dtype=torch.long)
+    lengths_t = torch.tensor(lengths, device=dev)
+    rows = torch.arange(B, device=dev)
+
+    # prefill: logits of every head at each row's last prompt byte
+    last = model.prefill(ids, cache, lengths_t)[rows, lengths_t - 1]  # (B, 1 + D, V)
+    stats.prefill_seconds = time.perf_counter() - t0
+    stats.forward_passes = 1
+    active = [True] * B
+
+    def emit(new: list[list[int]]) -> list[bytes]:
+        """Append each row's accepted bytes, applying EOS, stop strings and the length limit."""
+        chunks = []
+        for r, bs in enumerate(new):
+            o, start = out[r], len(out[r])
+            for b in bs if active[r] else ():
+                if b == EOS:
+                    active[r], finish[r] = False, "eos"
+                    break
+                o.append(b)
+                hit = any(o.endswith(s) for s in cfg.stop)
+                if hit or len(o) >= cfg.max_new_bytes:
+                    active[r], finish[r] = False, "stop" if hit else "length"
+                    break
+            chunks.append(bytes(o[start:]))
+        return chunks
+
+    stats.row_forwards = B
+    nxt = _draw(filter_logits(last[:, 0], T, cfg.top_k, cfg.top_p), T, g)  # (B,)
+    yield emit([[b] for b in nxt.tolist()])
+    while any(active):
+        was_active = torch.tensor(active, device=dev)
+        stats.forward_passes += 1
+        stats.row_forwards += sum(active)
+        if D == 0:
+            logits = model.decode(nxt[:, None], cache)[:, 0, 0]  # (B, V)
+            nxt = _draw(filter_logits(logits, T, cfg.top_k, cfg.top_p), T, g)
+            yield emit([[b] for b in nxt.tolist()])
+            continue
+
+        # draft: heads 2..D+1 at the last position predict the D bytes after `nxt`
+        q_logits = filter_logits(last[:, 1:], T, cfg.top_k, cfg.top_p)  # (B, D, V)
+        drafts = _draw(q_logits, T, g)  # (B, D)
+        q = torch.softmax(q_logits / T, dim=-1) if T > 0 else None
+        u_accept = torch.rand(B, D, generator=g, device=dev) if T > 0 else None
+        u_sample = torch.rand(B, generator=g, device=dev) if T > 0 else None
+
+        # verify: one forward pass over [nxt, drafts], then keep the accepted prefix
+        logits = model.decode(torch.cat([nxt[:, None], drafts], 1), cache)  # (B, 1+D, 1+D, V)
+        target = filter_logits(logits[:, :, 0], T, cfg.top_k, cfg.top_p)  # (B, 1+D, V)
+        acc, nxt = verify(drafts, q, target, T, u_accept, u_sample)
+        cache.rollback(torch.where(was_active, acc + 1, 0))
+        last = logits[rows, acc]  # (B, 1+D, V) every head at the last kept byte
+
+        a = acc.tolist()
+        for r in range(B):
+            if active[r]:
+                for i in range(min(a[r] + 1, D)):
+                    stats.drafted[i] += 1
+                    stats.accepted[i] += int(i < a[r])
+        d, n = drafts.tolist(), nxt.tolist()
+        yield emit([d[r][: a[r]] + [n[r]] for r in range(B)])
+
+    stats.new_bytes = sum(len(o) for o in out)
+    stats.seconds = time.perf_counter() - t0
+    return GenerationResult([bytes(o) for o in out], stats, finish)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_generate_parser(sub) -> None:
+    """`bytelm generate CKPT --prompt ...`; defaults come from `GenerationConfig`."""
+    d = GenerationConfig()
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt with a checkpoint, streaming raw bytes to stdout",
+        description="Continue a prompt with a checkpoint. The new bytes go to stdout as raw "
+        "bytes (invalid UTF-8 included), the statistics to stderr.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory")
+    p.add_argument("--prompt", default="", help="the prompt text, or - to read bytes from stdin")
+    p.add_argument("--max-bytes", type=int, help=f"new bytes at most (default {d.max_new_bytes})")
+    p.add_argument("--temperature", type=float, help=f"0 = greedy (default {d.temperature})")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely bytes (0 = all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = all)")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument(
+        "--speculative", action="store_true", default=None, help="self-speculative decoding"
+    )
+    p.add_argument(
+        "--draft-heads",
+        type=int,
+        help="bytes drafted per forward pass, implies --speculative (default: every extra head)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        help="stop after this string (backslash escapes such as \\n work); repeatable",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.set_defaults(fn=cmd_generate)
+
+
+def cmd_generate(args, overrides) -> int:
+    import codecs
+
+    from bytelm.checkpoint import load_model
+
+    if overrides:
+        raise ValueError(f"bytelm: unknown option '--{next(iter(overrides))}'")
+    given = {
+        "max_new_bytes": args.max_bytes,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "speculative": args.speculative or (args.draft_heads is not None) or None,
+        "draft_heads": args.draft_heads,
+        "stop": args.stop and tuple(codecs.escape_decode(s.encode())[0] for s in args.stop),
+    }
+    cfg = GenerationConfig(**{k: v for k, v in given.items() if v is not None})
+    prompt = sys.stdin.buffer.read() if args.prompt == "-" else args.prompt.encode("utf-8")
+    model, _ = load_model(args.checkpoint, args.device)
+    stream = generate(model, prompt, **vars(cfg), stream=True)
+    out = sys.stdout.buffer
+    for chunk in stream:
+        out.write(chunk)
+        out.flush()
+    print("\n" + stream.result.stats.summary(), file=sys.stderr)
+    return 0
 
 
 @torch.no_grad()
@@ -38,7 +414,8 @@ def generate_naive(
 ) -> bytes:
     """Sample `max_new_bytes` after `prompt` by re-running the whole model each byte.
 
-    The context is the last `max_context` ids. Stops early at EOS.
+    The reference that cached decoding is tested and benchmarked against. The
+    context is the last `max_context` ids. Stops early at EOS.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -53,3 +430,15 @@ def generate_naive(
         out.append(int(nxt))
         ids = torch.cat([ids, nxt[:, None]], dim=1)
     return bytes(out)
+
+
+__all__ = [
+    "GenerationConfig",
+    "GenerationResult",
+    "GenerationStats",
+    "GenerationStream",
+    "filter_logits",
+    "generate",
+    "generate_naive",
+    "sample_logits",
+]

@@ -200,12 +200,13 @@ class ByteLM(nn.Module):
 
         # decode
         slots, spec = cache.dec.write(pos, docs)
-        d = self.decoder.step(h + u, cache.dec, slots, spec, backend)  # (B, n, D)
+        rot = self.decoder.rope_angles(pos)  # shared by the decoder layers and the heads
+        d = self.decoder.step(h + u, cache.dec, slots, spec, backend, rot)  # (B, n, D)
 
         # heads: head j's layer is cache layer n_layers + j
         L, logits = self.cfg.decoder.n_layers, []
         for j, head in enumerate(self.heads[: cache.heads]):
-            y = head.step(d, spec, cache.dec.k[L + j], cache.dec.v[L + j], slots, backend)
+            y = head.step(d, spec, cache.dec.k[L + j], cache.dec.v[L + j], slots, backend, rot)
             logits.append(self.unembed(self.norm(y)))
         logits = torch.stack(logits, dim=2)  # (B, n, heads, V)
         cache.advance(docs, ends)

@@ -34,6 +34,16 @@ from bytelm.kernels.attention import MaskSpec
 from bytelm.patchers import PatcherState
 
 
+class _StepMask(MaskSpec):
+    """The mask of one cached step, shared by every layer of a stack: its dense form is
+    built once (the reference attention asks each layer for it)."""
+
+    def allowed(self) -> torch.Tensor:
+        if getattr(self, "_allowed", None) is None:
+            self._allowed = super().allowed()
+        return self._allowed
+
+
 @dataclass
 class KVCache:
     """Keys and values of one stack, all layers, with one extra dump slot.
@@ -88,7 +98,7 @@ class KVCache:
             q_doc = torch.where(valid, q_doc, -2)
         self.pos.scatter_(1, slots, pos)
         self.doc.scatter_(1, slots, doc)
-        return slots, MaskSpec(q_doc, self.doc, pos, self.pos, causal=True, window=self.window)
+        return slots, _StepMask(q_doc, self.doc, pos, self.pos, causal=True, window=self.window)
 
     def live(self, length: torch.Tensor, span: int) -> dict[str, torch.Tensor]:
         """What a query at position `length` (B,) could read: the slots of positions
@@ -169,7 +179,7 @@ def select_state(mask: torch.Tensor, a, b):
 def replay_patcher(patcher, start: PatcherState, ids: torch.Tensor, keep: torch.Tensor):
     """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n)."""
     state = snapshot_state(start)
-    for i in range(ids.shape[1]):
+    for i in range(int(keep.max()) if keep.numel() else 0):  # columns no row keeps are skipped
         nxt = snapshot_state(state)
         patcher.step(nxt, ids[:, i : i + 1])
         state = select_state(keep > i, nxt, state)
@@ -357,7 +367,8 @@ class ByteLMCache(_Pointers):
         self.n_patches, self.patch_start = _after(
             r.length, r.n_patches, r.patch_start, r.ends & kept
         )
-        self.patcher_state = replay_patcher(self.patcher, r.patcher_state, r.ids, keep)
+        if int(keep.min()) < n:  # otherwise the live state already is the kept one
+            self.patcher_state = replay_patcher(self.patcher, r.patcher_state, r.ids, keep)
 
     def live(self, latent_span: int | None = None) -> dict[str, torch.Tensor]:
         """Everything the next call can read, masked to the live positions (for tests).

@@ -41,6 +41,21 @@ def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def rope_angles(pos: torch.Tensor, head_dim: int, theta: float):
+    """pos (B, T) -> (cos, sin), each (B, 1, T, Dh/2): what `rope` computes, for reuse
+    by every layer of an incremental step."""
+    inv = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    )
+    ang = pos.to(torch.float32)[:, None, :, None] * inv  # (B, 1, T, Dh/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention. Self-attention when `kv` is None, cross-attention otherwise."""
 
@@ -82,6 +97,7 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,  # (B, H, S, Dh), written in place
         slots: torch.Tensor,  # (B, n) where the new keys and values go
         backend: str = "sdpa",
+        rot: tuple[torch.Tensor, torch.Tensor] | None = None,  # rope_angles(spec.q_pos, ...)
     ) -> torch.Tensor:
         """Cached self-attention: store the new keys/values, then attend over the cache."""
         B, n, D = x.shape
@@ -89,7 +105,8 @@ class Attention(nn.Module):
         k, v = self.kv(x).view(B, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rope_theta is not None:
             # keys are stored rotated, at their own positions (the query positions)
-            q, k = rope(q, spec.q_pos, self.rope_theta), rope(k, spec.q_pos, self.rope_theta)
+            cos, sin = rot or rope_angles(spec.q_pos, self.head_dim, self.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         rows = torch.arange(B, device=x.device)[:, None]
         k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)  # (B, n, H, Dh)
         v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
@@ -123,9 +140,9 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), spec, backend=backend)
         return x + self.mlp(self.mlp_norm(x))
 
-    def step(self, x, spec, k_cache, v_cache, slots, backend: str = "sdpa") -> torch.Tensor:
+    def step(self, x, spec, k_cache, v_cache, slots, backend="sdpa", rot=None) -> torch.Tensor:
         """The incremental forward: x (B, n, D) at new positions, see `Attention.step`."""
-        x = x + self.attn.step(self.attn_norm(x), spec, k_cache, v_cache, slots, backend)
+        x = x + self.attn.step(self.attn_norm(x), spec, k_cache, v_cache, slots, backend, rot)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -147,14 +164,20 @@ class Stack(nn.Module):
             x = block(x, spec, backend)
         return x
 
-    def step(self, x: torch.Tensor, cache, slots, spec, backend: str = "sdpa") -> torch.Tensor:
+    def step(self, x, cache, slots, spec, backend="sdpa", rot=None) -> torch.Tensor:
         """x (B, n, D) at new positions -> (B, n, D), reading and extending a `KVCache`.
 
-        `slots, spec = cache.write(pos, seg)` registers the new positions first.
+        `slots, spec = cache.write(pos, seg)` registers the new positions first;
+        `rot` = `self.rope_angles(pos)`, computed here when not given.
         """
+        rot = rot or self.rope_angles(spec.q_pos)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, spec, cache.k[i], cache.v[i], slots, backend)
+            x = block.step(x, spec, cache.k[i], cache.v[i], slots, backend, rot)
         return x
+
+    def rope_angles(self, pos: torch.Tensor):
+        c = self.cfg
+        return rope_angles(pos, c.dim // c.n_heads, c.rope_theta) if c.rope_theta else None
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:

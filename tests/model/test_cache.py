@@ -7,16 +7,18 @@ call. After `rollback`, the caches must be those of a run that only ever saw
 the kept bytes.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
-from bytelm.config import TransformerConfig
+from bytelm.config import PatcherConfig, TransformerConfig
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.vocab import BOS, EOS, PAD
 from tests.conftest import tiny_bytelm_config
 
 # Adding a patcher to the cached-decoding tests is one entry here.
-PATCHERS = ["fixed", "space"]
+PATCHERS = ["fixed", "space", "entropy"]
 TOL = 1e-4  # fp32; observed differences are ~2e-7 (summation order only)
 
 
@@ -29,8 +31,24 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def make_model(patcher: str, pooling: str = "mean", heads: int = 3) -> ByteLM:
-    return ByteLM(tiny_bytelm_config(patcher=patcher, pooling=pooling, heads=heads)).eval()
+@pytest.fixture(scope="session")
+def entropy_model(tmp_path_factory):
+    from tests.patchers.tiny_entropy import save_tiny_entropy_model
+
+    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)
+
+
+def make_model(patcher: str, pooling: str = "mean", heads: int = 3, request=None) -> ByteLM:
+    """A tiny random ByteLM; the entropy patcher gets a sharp random entropy model
+    with context 16, so its documents are chunked too."""
+    cfg = tiny_bytelm_config(patcher=patcher, pooling=pooling, heads=heads)
+    if patcher == "entropy":
+        pc = PatcherConfig(
+            "entropy", max_patch_len=6, threshold=1.5, target_bytes_per_patch=0,
+            entropy_model=str(request.getfixturevalue("entropy_model")),
+        )  # fmt: skip
+        cfg = dataclasses.replace(cfg, patcher=pc)
+    return ByteLM(cfg).eval()
 
 
 def text(B: int = 2, T: int = 64, seed: int = 1) -> torch.Tensor:
@@ -55,8 +73,8 @@ def chunks(T: int, sizes=(1, 3, 7, 1, 12, 2, 5, 11, 1, 1, 12, 4)):
 
 @pytest.mark.parametrize("patcher", PATCHERS)
 @pytest.mark.parametrize("pooling", ["mean", "max", "attn"])
-def test_decode_equals_forward(patcher, pooling):
-    model = make_model(patcher, pooling)
+def test_decode_equals_forward(patcher, pooling, request):
+    model = make_model(patcher, pooling, request=request)
     ids = text()
     full = model(ids)  # (B, T, K, V)
     cache = model.new_cache(2, max_len=80, max_step=12)
@@ -98,8 +116,8 @@ def live_row(live: dict, r: int) -> dict:
 
 
 @pytest.mark.parametrize("patcher", PATCHERS)
-def test_rollback_equals_a_run_that_saw_only_the_kept_bytes(patcher):
-    model = make_model(patcher)
+def test_rollback_equals_a_run_that_saw_only_the_kept_bytes(patcher, request):
+    model = make_model(patcher, request=request)
     ids = text(B=4, T=60, seed=3)
     g = torch.Generator().manual_seed(7)
     cache = model.new_cache(4, max_len=80, max_step=9)
