@@ -303,8 +303,9 @@ class EntropyPatcher:
         PAD positions get 0.
         """
         model = self._model_on(ids.device)
-        segs = row_segments(ids.cpu())
-        H = segment_entropies(model, [ids[b, s:e] for b, s, e in segs], self.context, self.overlap)
+        cpu = ids.cpu()  # pieces are assembled on the host, then moved to the model's device
+        segs = row_segments(cpu)
+        H = segment_entropies(model, [cpu[b, s:e] for b, s, e in segs], self.context, self.overlap)
         out = torch.zeros(ids.shape, dtype=torch.float32)
         for (b, s, e), h in zip(segs, H):
             out[b, s:e] = h
