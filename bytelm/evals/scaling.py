@@ -333,11 +333,21 @@ def _huber_objective(th, X, logL, delta, weight):
     return float(h @ weight) / norm, (psi @ J) / norm
 
 
+# the exponents' search box; gamma, delta >= 0: see the module doc
+EXPONENT_BOUNDS = {
+    "alpha": (0.0, 3.0),
+    "beta": (0.0, 3.0),
+    "gamma": (0.0, 4.0),
+    "delta": (0.0, 3.0),
+}
+
+
 def _bounds(logL: np.ndarray, comp: bool):
     top = float(logL.max()) + math.log(2.0)  # no term exceeds twice the largest loss
-    b = [(-20.0, top), (-30.0, top), (0.0, 3.0), (-30.0, top), (0.0, 3.0)]
+    eb = EXPONENT_BOUNDS
+    b = [(-20.0, top), (-30.0, top), eb["alpha"], (-30.0, top), eb["beta"]]
     if comp:
-        b += [(-30.0, top), (0.0, 4.0), (0.0, 3.0)]  # gamma, delta >= 0: see module doc
+        b += [(-30.0, top), eb["gamma"], eb["delta"]]
     return b
 
 
@@ -471,7 +481,22 @@ class ScalingFit:
         for n in names:
             lo, hi = self.ci[n]
             lines.append(f"| {n} | {getattr(self.params, n):.4g} | [{lo:.4g}, {hi:.4g}] |")
+        for n in self.at_bounds():
+            lines.append(
+                f"\nwarning: {n} = {getattr(self.params, n):g} sits on its bound "
+                f"{EXPONENT_BOUNDS[n]}: the runs do not pin this term down, and its interval is "
+                "the box's, not the data's"
+            )
         return "\n".join(lines)
+
+    def at_bounds(self, tol: float = 1e-6) -> list[str]:
+        """Exponents the fit left on an edge of their search box."""
+        names = ["alpha", "beta"] + (["gamma", "delta"] if self.with_compression else [])
+        return [
+            n
+            for n in names
+            if min(abs(getattr(self.params, n) - b) for b in EXPONENT_BOUNDS[n]) < tol
+        ]
 
 
 def fit(
@@ -593,11 +618,21 @@ class IsoFLOPResult:
     r_law: PowerLaw | None  # r* ~ C^c, None with fewer than 2 budgets or 1 rate
 
     def summary(self) -> str:
-        lines = ["| bpp | budgets | N* ~ C^a | D* ~ C^b |", "|---|---|---|---|"]
+        lines = [
+            "| bpp | budgets | minimum inside the sizes | N* ~ C^a | D* ~ C^b |",
+            "|---|---|---|---|---|",
+        ]
         for r, law in self.n_opt.items():
-            n = sum(g.r == r for g in self.groups)
+            gs = [g for g in self.groups if g.r == r]
+            inside = sum(g.bracketed for g in gs)
             lines.append(
-                f"| {r:g} | {n} | a = {law.exponent:.3f} | b = {self.d_opt[r].exponent:.3f} |"
+                f"| {r:g} | {len(gs)} | {inside} of {len(gs)} | a = {law.exponent:.3f} | "
+                f"b = {self.d_opt[r].exponent:.3f} |"
+            )
+        if any(not g.bracketed for g in self.groups):
+            lines.append(
+                "\nwarning: a parabola whose minimum lies outside its sizes extrapolates N*; "
+                "add sizes beyond the best one at those budgets"
             )
         if self.r_law is not None:
             lines += ["", "| C | r* |", "|---|---|"]
@@ -632,9 +667,10 @@ def isoflop(
     labels = _cluster_budgets(runs.flops, rel_tol)
     groups, skipped = [], []
     for k in np.unique(labels):
+        # one budget per cluster, shared by its rates, so that r* compares like with like
+        C = float(np.exp(np.mean(np.log(runs.flops[labels == k]))))
         for r in np.unique(runs.bpp[labels == k]):
             sel = (labels == k) & (runs.bpp == r)
-            C = float(np.exp(np.mean(np.log(runs.flops[sel]))))
             N, L = runs.N[sel], runs.loss[sel]
             if len(np.unique(N)) < 3:
                 skipped.append(f"budget {C:.3g}, bpp {r:g}: {len(np.unique(N))} size(s), need 3")
@@ -760,11 +796,17 @@ def diagnose(
             needed = math.log(s)
             break
     warns = []
-    if cond.full > max_condition:
+    if cond.full > max_condition and math.isfinite(needed):
         warns.append(
             f"the design is collinear (condition number {cond.full:.3g} > {max_condition:.3g}); "
             f"train each size at 3+ bytes-per-param ratios with log(D/N) spread >= "
             f"{needed:.2f} ({math.exp(needed):.3g}x)"
+        )
+    elif cond.full > max_condition:
+        warns.append(
+            f"the design is collinear (condition number {cond.full:.3g} > {max_condition:.3g}), "
+            "and no spread of D/N fixes it: the terms in N (E, A/N^alpha, C r^gamma/N^delta) "
+            "need more sizes per rate, sizes over a wider range, or more rates"
         )
     if spread < math.log(min_spread):
         warns.append(

@@ -54,8 +54,9 @@ def _fail(err: Exception) -> int:
 # ------------------------------------------------------------ model family
 
 # (latent dim, latent layers): width and depth grow together, each step about
-# doubling the latent parameters at local dim 32 (15k, 31k, 54k, 105k, 228k, ...).
+# doubling the latent parameters at local dim 32 (4k, 15k, 31k, 54k, 105k, 228k, ...).
 LATENT_LADDER = (
+    (16, 1),
     (32, 1),
     (48, 1),
     (64, 1),
@@ -526,8 +527,14 @@ def fit_main(argv: Sequence[str] | None = None) -> int:
     except S.ScalingError as e:
         return _fail(e)
     print(law.summary())
-    print()
+    print("\nDesign diagnostics under the fitted law:\n")
     print(S.diagnose(runs, prior=law.params))
+    if law.with_compression:  # which part of the law the design identifies
+        chin = S.design_condition(runs.N, runs.D, replace(law.params, C=0.0), runs.bpp)
+        print(f"the Chinchilla part alone (C = 0): condition number {chin.full:.3g}")
+    if law.at_bounds():  # a law on its bounds is degenerate: judge the design alone too
+        print("\nDesign diagnostics under the default prior (the design alone):\n")
+        print(S.diagnose(runs))
 
     if args.budgets:
         budgets = sorted(args.budgets)

@@ -321,3 +321,23 @@ def test_too_few_runs_for_the_compression_law():
     runs = synth(N, D, r, TRUE_C).take(np.arange(0, 48, 6))  # 8 runs, 8 parameters
     with pytest.raises(S.ScalingError, match="too few to fit 8"):
         S.fit(runs, n_boot=0)
+
+
+def test_isoflop_shares_one_budget_across_rates():
+    # measured FLOPs differ a little between rates at one planned budget (the
+    # measured bytes per patch is not exactly k); r* must still compare them
+    runs = isoflop_runs(TRUE_C, (1.0, 4.0), [1e18, 1e20])
+    flops = runs.flops * np.where(runs.bpp == 4.0, 1.003, 1.0)
+    iso = S.isoflop(S.Runs.from_arrays(runs.N, runs.D, runs.bpp, flops, runs.loss))
+    assert len(iso.budgets) == 2
+    assert len({g.C for g in iso.groups}) == 2
+
+
+def test_fit_flags_exponents_on_their_bounds():
+    # loss that rises with N (undertrained large models) pins alpha at 0
+    N, D, r = spread_design()
+    rising = S.Runs.from_arrays(N, D, r, 6 * N * D, TRUE.predict(1e6, D) * (N / 1e6) ** 0.01)
+    law = S.fit(rising, n_boot=0)
+    assert law.at_bounds() == ["alpha"]
+    assert "alpha = 0 sits on its bound" in law.summary()
+    assert truth_fit(replace(TRUE_C, gamma=4.0)).at_bounds() == ["gamma"]
