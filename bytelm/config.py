@@ -131,9 +131,15 @@ class ByteLMConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     pooling: str = "mean"  # mean | max | sum | attn (cross-attention, queries start as the mean)
-    attn_backend: str = "sdpa"
+    attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | xformers
 
     def __post_init__(self):
+        from bytelm.kernels.attention import BACKENDS as ATTN_BACKENDS
+
+        _check(
+            self.attn_backend in ATTN_BACKENDS,
+            f"model.attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {self.attn_backend!r}",
+        )
         _check(
             self.pooling in ("mean", "max", "sum", "attn"),
             f"model.pooling must be mean, max, sum or attn, got {self.pooling!r}",
