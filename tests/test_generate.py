@@ -9,6 +9,7 @@
 - streaming, stop strings, EOS, batches, bad input, and the CLI.
 """
 
+import dataclasses
 import io
 import sys
 
@@ -20,15 +21,15 @@ import bytelm
 import bytelm.kernels.verify as verify_mod
 from bytelm.checkpoint import save_checkpoint
 from bytelm.cli import main
-from bytelm.config import RunConfig, TransformerConfig
+from bytelm.config import PatcherConfig, RunConfig, TransformerConfig
 from bytelm.generate import filter_logits, generate, generate_naive
 from bytelm.kernels.verify.reference import sample_inverse_cdf
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.vocab import BOS, EOS, PAD
 from tests.conftest import tiny_bytelm_config
 
-PATCHERS = ["fixed", "space"]
-PROMPTS = [b"the cat ", b"", b"xyz qq", b"hello world, ", b"0123", b"abcdefgh "]
+PATCHERS = ["fixed", "space", "entropy"]
+PROMPTS = [b"the cat ", b"", b"hello world, ", b"abcdefgh "]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,24 +41,42 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_model(patcher="space", heads=4, sharpen=3.0, k=3, seed=0) -> ByteLM:
+@pytest.fixture(scope="module")
+def entropy_model(tmp_path_factory):
+    from tests.patchers.tiny_entropy import save_tiny_entropy_model
+
+    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)
+
+
+def tiny_model(patcher="space", heads=4, sharpen=3.0, k=3, seed=0, entropy_ckpt=None) -> ByteLM:
     """A random tiny ByteLM with sharpened logits: its greedy text varies, and its heads
     agree often enough that drafts are sometimes accepted and sometimes not."""
     torch.manual_seed(seed)
-    model = ByteLM(tiny_bytelm_config(patcher=patcher, heads=heads, k=k)).eval()
+    cfg = tiny_bytelm_config(patcher=patcher, heads=heads, k=k)
+    if patcher == "entropy":  # a sharp random entropy model with context 16
+        pc = PatcherConfig(
+            "entropy", max_patch_len=6, threshold=1.5, target_bytes_per_patch=0,
+            entropy_model=str(entropy_ckpt),
+        )  # fmt: skip
+        cfg = dataclasses.replace(cfg, patcher=pc)
+    model = ByteLM(cfg).eval()
     with torch.no_grad():
         model.unembed.weight.mul_(sharpen)
     return model
 
 
 @pytest.mark.parametrize("patcher", PATCHERS)
-def test_cached_decoding_equals_full_recomputation(patcher):
-    model = tiny_model(patcher)
+def test_cached_decoding_equals_full_recomputation(patcher, request):
+    ent = request.getfixturevalue("entropy_model") if patcher == "entropy" else None
+    model = tiny_model(patcher, entropy_ckpt=ent)
+    n = 40 if patcher == "entropy" else 60  # the entropy patcher's step is slow on CPU
     for prompt, temperature in [(b"the cat sat. ", 0.0), (b"ab cd", 1.0)]:
-        ref = generate_naive(model, prompt, 70, temperature, seed=5, max_context=10_000)
-        got = generate(model, prompt, 70, temperature, seed=5)
+        ref = generate_naive(model, prompt, n, temperature, seed=5, max_context=10_000)
+        got = generate(model, prompt, n, temperature, seed=5)
         assert got.bytes == ref, (prompt, temperature)
-        assert len(got.bytes) == 70 and got.finish == ["length"]
+        assert len(got.bytes) == n and got.finish == ["length"]
+    spec = generate(model, [b"the cat sat. ", b"x"], n, 0.0, speculative=True, draft_heads=2)
+    assert spec.bytes == generate(model, [b"the cat sat. ", b"x"], n, 0.0).bytes
 
 
 def test_speculative_greedy_is_identical_to_plain_greedy():
@@ -131,7 +150,7 @@ def test_speculative_sampling_has_the_distribution_of_plain_sampling(monkeypatch
     0.999 quantile (26 degrees of freedom), for plain and speculative sampling,
     and exceed it for a verifier that resamples from p."""
     model = tiny_model("fixed", heads=3, sharpen=8.0, k=2)
-    prompt, n, N, T, K = b"ab cd", 3, 3000, 1.0, 3
+    prompt, n, N, T, K = b"ab cd", 3, 2000, 1.0, 3
     probs = exact_distribution(model, prompt, n, T, K)
     assert len(probs) == 27 and min(probs.values()) * N > 20, "every cell needs a real count"
     threshold = chi2.ppf(0.999, len(probs) - 1)
