@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bytelm.vocab import PAD, VOCAB_SIZE
 
@@ -65,5 +66,7 @@ class ByteEmbedding(nn.Module):
         x = self.byte(ids)
         if self.ngram is not None:
             idx = ngram_hashes(ids, docs, self.ns, self.buckets) + self.offsets  # (B, T, n_ns)
-            x = x + self.ngram(idx).sum(dim=2)
+            # embedding_bag sums the lookups without materialising (B, T, n_ns, D)
+            bags = F.embedding_bag(idx.reshape(-1, idx.shape[-1]), self.ngram.weight, mode="sum")
+            x = x + bags.view_as(x)
         return x
