@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 import bytelm
+from benchmarks.common import machine as common_machine
 from bytelm.checkpoint import load_model, load_trainer_state
 from bytelm.vocab import BOS
 
@@ -53,19 +53,8 @@ TRAIN_ARGS = [  # a small 8-head ByteLM; --train.steps is set from --steps
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), load average {load:.1f} at start"
-    )
+    return f"{common_machine()}, load average {load:.1f} at start"
 
 
 def train(out_dir: str, steps: int, threads: int) -> None:
