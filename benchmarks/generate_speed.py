@@ -1,7 +1,7 @@
 """Generation speed: cached vs full recomputation, and speculative vs plain decoding.
 
-    python benchmarks/generate_speed.py                # trains runs/genbench first if missing
-    python benchmarks/generate_speed.py --checkpoint runs/genbench/checkpoint
+    python -m benchmarks.generate_speed                # trains runs/genbench first if missing
+    python -m benchmarks.generate_speed --checkpoint runs/genbench/checkpoint
 
 Two ratios, each measured in the same run with the same model:
 

@@ -5,7 +5,7 @@ ratio shows what moving the bulk of the compute from bytes to patches buys.
 All models train on the same bytes in one run; timings interleave the models
 round by round so that background load affects each alike.
 
-    python benchmarks/train_throughput.py [--preset demo] [--rounds 3] [--steps 4]
+    python -m benchmarks.train_throughput [--preset demo] [--rounds 3] [--steps 4]
 """
 
 from __future__ import annotations
