@@ -22,13 +22,12 @@ benchmarks/results/attention-<device>.{csv,md} with the machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
 import torch
 
-from benchmarks.common import write_results
+from benchmarks.common import median_ms, write_results
 from bytelm.kernels.attention import MaskSpec, _memo, attention, xformers_available
 from bytelm.patchers import lengths_to_ids
 
@@ -77,26 +76,6 @@ def runner(backend: str, which: str, q, k, v, spec: MaskSpec, g):
     return lambda: torch.autograd.grad(attention(q, k, v, spec, backend=backend), (q, k, v), g)
 
 
-def timed(fn, device: torch.device, reps: int) -> float:
-    """Median milliseconds of fn() after warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,7 +116,7 @@ def main(argv=None):
             first_ms = 1e3 * (time.perf_counter() - t0)
             err = float((out.float() - ref).abs().max())
             for p in passes:
-                ms = timed(runner(backend, p, q, k, v, spec, g), device, args.reps)
+                ms = median_ms(runner(backend, p, q, k, v, spec, g), device, args.reps)
                 base.setdefault(p, ms)  # sdpa runs first
                 rows.append(
                     {"mask": name, "Tq": Tq, "Tk": Tk, "backend": backend, "pass": p,

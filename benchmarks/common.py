@@ -46,3 +46,26 @@ def write_results(name: str, rows: list[dict], title: str, notes: str = "") -> P
         md += f"\n{notes}\n"
     (RESULTS / f"{name}.md").write_text(md)
     return RESULTS / f"{name}.md"
+
+
+def median_ms(fn, device: torch.device, reps: int) -> float:
+    """Median milliseconds of fn() over `reps` runs after 3 warm-up calls (CUDA events on GPU)."""
+    import statistics
+    import time
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)

@@ -1,7 +1,7 @@
 """Kernel benchmarks: each kernel against its reference and the obvious PyTorch ops.
 
-    python benchmarks/kernels.py                 # CUDA: full shapes (B*T = 64k bytes)
-    python benchmarks/kernels.py --quick         # small shapes; the only sensible run on CPU
+    python -m benchmarks.kernels                 # CUDA: full shapes (B*T = 64k bytes)
+    python -m benchmarks.kernels --quick         # small shapes; the only sensible run on CPU
 
 Pooling (sum/mean/max) and unpooling are timed forward and forward+backward,
 over D in {256, 512, 1024} and mean patch lengths {2, 4, 8}. Implementations:
@@ -25,12 +25,11 @@ import datetime
 import os
 import platform
 import re
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import median_ms
 from bytelm.kernels.pooling import pool, unpool
 from bytelm.kernels.pooling.reference import pool_reference, unpool_reference
 from bytelm.kernels.verify import verify
@@ -44,26 +43,6 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
-
-
-def bench(fn, device: torch.device, reps: int) -> float:
-    """Median milliseconds of fn() over `reps` runs, after warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def make_patch_lengths(B: int, T: int, mean_len: int, gen: torch.Generator) -> torch.Tensor:
@@ -128,9 +107,9 @@ def time_op(rows, meta, impls, inputs, ref_name, nbytes, args, device):
 
             if pass_ == "fwd":
                 with torch.no_grad():
-                    times[name] = bench(run, device, args.reps)
+                    times[name] = median_ms(run, device, args.reps)
             else:
-                times[name] = bench(run, device, args.reps)
+                times[name] = median_ms(run, device, args.reps)
         moved = nbytes[pass_]
         for name, ms in times.items():
             gbps = moved / (ms * 1e-3) / 1e9
@@ -206,7 +185,7 @@ def run_verify(rows, args, device, use_triton):
             for name in impls:
                 got = verify(*inputs, backend=name)
                 assert all(torch.equal(a, b) for a, b in zip(got, ref)), name
-                times[name] = bench(
+                times[name] = median_ms(
                     lambda n=name, i=inputs: verify(*i, backend=n), device, args.reps
                 )
             moved = B * (K + 1) * V * 4 + (B * K * V * 4 if temperature else 0)
