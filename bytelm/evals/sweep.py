@@ -547,6 +547,14 @@ def fit_main(argv: Sequence[str] | None = None) -> int:
     for c, n, d, rr in zip(budgets, N, D, r):
         loss = float(law.predict(n, d, rr))
         print(f"| {c:.3g} | {n:.3g} | {d:.3g} | {d / n:.3g} | {rr:.3g} | {loss:.4f} |")
+    flat = {"alpha", "delta"} if law.with_compression else {"alpha"}
+    if flat <= set(law.at_bounds()):
+        print(
+            "\nwarning: the fitted loss does not fall with N (alpha"
+            + (" and delta" if law.with_compression else "")
+            + " = 0), so N* is the search's lower bound, not an optimum: these runs are "
+            "limited by data or steps at every size"
+        )
 
     import warnings
 
