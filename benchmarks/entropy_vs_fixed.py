@@ -93,6 +93,7 @@ def main(argv=None):
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)"
     )
     ap.add_argument("--runs", default="runs/bench-entropy")
+    ap.add_argument("--only-train", action="store_true", help="skip the timings and the table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     name = args.name or Path(args.data).stem
@@ -113,16 +114,25 @@ def main(argv=None):
     t0 = time.perf_counter()
     if not (ent_ckpt / "model.safetensors").is_file():
         ent_last = Trainer(ecfg).fit()
-    else:
-        ent_last = {}
+    else:  # trained by an earlier run: its last held-out eval
+        import json
+
+        lines = (runs / "entropy" / "metrics.jsonl").read_text().splitlines()
+        ent_last = [r for r in map(json.loads, lines) if "bpb" in r][-1]
     ent_train_s = time.perf_counter() - t0
     print(
         f"entropy model: {ent_ckpt} ({ent_train_s:.0f} s), {ent_last.get('bpb', float('nan')):.3f} bpb"
     )
 
-    # 2. cache build and calibration timings
     base = C.override(C.load_preset("demo"), {**MODEL, **data})
     corpus = load_corpus(base.data)
+    if not args.only_train:
+        timings_and_table(args, name, corpus, base, ecfg, ent_ckpt)
+    train_pair(args, name, corpus, data, runs, ecfg, ent_ckpt, ent_last)
+
+
+def timings_and_table(args, name, corpus, base, ecfg, ent_ckpt):
+    # 2. cache build and calibration timings
     pc = C.PatcherConfig(
         name="entropy", entropy_model=str(ent_ckpt), target_bytes_per_patch=float(args.k)
     )
@@ -186,7 +196,11 @@ def main(argv=None):
     comp.write_csv(rows, RESULTS / f"compression_{name}.csv")
     comp.plot(rows, RESULTS / f"compression_{name}.png")
 
+
+def train_pair(args, name, corpus, data, runs, ecfg, ent_ckpt, ent_last):
     # 4. fixed vs entropy ByteLMs, same steps, batch, data order, config
+    tag = name if args.k == 4 else f"{name}_k{args.k}"
+    runs = runs if args.k == 4 else runs / f"k{args.k}"
     results = []
     for kind in ("fixed", "entropy"):
         over = {
@@ -237,7 +251,7 @@ def main(argv=None):
         "bytes/patch in the eval windows"
     )
     write_results(
-        f"entropy_vs_fixed_{name}",
+        f"entropy_vs_fixed_{tag}",
         results,
         f"Entropy vs fixed patching on {name}: held-out bpb at equal compute",
         f"{verdict}. Same ByteLM config ({MODEL}), data order (seed 0), steps and batch; "
