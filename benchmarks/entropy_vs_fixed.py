@@ -250,6 +250,8 @@ def train_pair(args, name, corpus, data, runs, ecfg, ent_ckpt, ent_last):
         f"at {results[1]['eval_bytes_per_patch']:.2f} vs {results[0]['eval_bytes_per_patch']:.2f} "
         "bytes/patch in the eval windows"
     )
+    if abs(d) < 0.02:
+        verdict += " (a tie: within single-seed noise at this budget)"
     write_results(
         f"entropy_vs_fixed_{tag}",
         results,
