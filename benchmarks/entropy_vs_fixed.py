@@ -107,17 +107,17 @@ def main(argv=None):
     # 1. the entropy model
     ecfg = C.override(
         C.load_preset("entropy"),
-        {**data, "train.steps": str(args.entropy_steps), "train.out_dir": str(runs / "entropy"),
+        {**data, "train.steps": str(args.entropy_steps), "train.out_dir": str(runs / "entropy-model"),
          "train.progress": "false"},
     )  # fmt: skip
-    ent_ckpt = runs / "entropy" / "checkpoint"
+    ent_ckpt = runs / "entropy-model" / "checkpoint"
     t0 = time.perf_counter()
     if not (ent_ckpt / "model.safetensors").is_file():
         ent_last = Trainer(ecfg).fit()
     else:  # trained by an earlier run: its last held-out eval
         import json
 
-        lines = (runs / "entropy" / "metrics.jsonl").read_text().splitlines()
+        lines = (runs / "entropy-model" / "metrics.jsonl").read_text().splitlines()
         ent_last = [r for r in map(json.loads, lines) if "bpb" in r][-1]
     ent_train_s = time.perf_counter() - t0
     print(
@@ -214,7 +214,7 @@ def train_pair(args, name, corpus, data, runs, ecfg, ent_ckpt, ent_last):
             "train.eval_every": str(args.steps),
             "train.save_every": str(args.steps),
             "train.eval_bytes": str(args.eval_bytes),
-            "train.out_dir": str(runs / kind),
+            "train.out_dir": str(runs / f"bytelm-{kind}"),  # never the entropy model's dir
         }
         cfg = C.override(C.load_preset("demo"), over)
         t0, c0 = time.perf_counter(), cpu_s()
