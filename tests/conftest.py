@@ -1,7 +1,25 @@
-import pytest
+"""Shared test set-up.
+
+Triton kernels run under the Triton interpreter on CPU, which must be switched
+on before triton is first imported; some torch modules (e.g. the flop counter)
+import triton, so this happens here, before any test module is collected.
+`import torch` itself does not import triton.
+"""
+
+import os
+
 import torch
 
-from bytelm.config import (
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+# The test models are tiny: a second thread only adds synchronisation, and on a
+# shared 2-core machine it makes every small op wait. One thread for the suite.
+torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+from bytelm.config import (  # noqa: E402
     ByteLMConfig,
     HeadsConfig,
     NGramConfig,

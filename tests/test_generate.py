@@ -32,15 +32,6 @@ PATCHERS = ["fixed", "space", "entropy"]
 PROMPTS = [b"the cat ", b"", b"hello world, ", b"abcdefgh "]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run many small ops: one thread avoids contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def entropy_model(tmp_path_factory):
     from tests.patchers.tiny_entropy import save_tiny_entropy_model

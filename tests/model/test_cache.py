@@ -22,15 +22,6 @@ PATCHERS = ["fixed", "space", "entropy"]
 TOL = 1e-4  # fp32; observed differences are ~2e-7 (summation order only)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run many small ops: one thread avoids contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def entropy_model(tmp_path_factory):
     from tests.patchers.tiny_entropy import save_tiny_entropy_model
