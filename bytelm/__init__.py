@@ -1,7 +1,7 @@
 """bytelm: tokenizer-free byte-level language models.
 
-    from bytelm import ByteLM, ByteLMConfig, load_model
-    model, cfg = load_model("runs/demo/checkpoint")
+from bytelm import ByteLM, ByteLMConfig, load_model
+model, cfg = load_model("runs/demo/checkpoint")
 """
 
 from bytelm.checkpoint import load_model, save_checkpoint
