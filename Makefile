@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/bytelm demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
