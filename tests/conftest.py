@@ -44,3 +44,11 @@ def tiny_bytelm_config(patcher="fixed", pooling="mean", heads=3, k=3, window=8) 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def entropy_model(tmp_path_factory):
+    """A tiny entropy-model checkpoint (context 16) shared by the cache and generation tests."""
+    from tests.patchers.tiny_entropy import save_tiny_entropy_model
+
+    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)

@@ -32,13 +32,6 @@ PATCHERS = ["fixed", "space", "entropy"]
 PROMPTS = [b"the cat ", b"", b"hello world, ", b"abcdefgh "]
 
 
-@pytest.fixture(scope="module")
-def entropy_model(tmp_path_factory):
-    from tests.patchers.tiny_entropy import save_tiny_entropy_model
-
-    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)
-
-
 def tiny_model(patcher="space", heads=4, sharpen=3.0, k=3, seed=0, entropy_ckpt=None) -> ByteLM:
     """A random tiny ByteLM with sharpened logits: its greedy text varies, and its heads
     agree often enough that drafts are sometimes accepted and sometimes not."""

@@ -18,14 +18,6 @@ from bytelm.patchers.entropy import EntropyPatcher, load_entropy_model
 from tests.patchers.tiny_entropy import save_tiny_entropy_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpora")

@@ -22,13 +22,6 @@ PATCHERS = ["fixed", "space", "entropy"]
 TOL = 1e-4  # fp32; observed differences are ~2e-7 (summation order only)
 
 
-@pytest.fixture(scope="session")
-def entropy_model(tmp_path_factory):
-    from tests.patchers.tiny_entropy import save_tiny_entropy_model
-
-    return save_tiny_entropy_model(tmp_path_factory.mktemp("entropy") / "ckpt", context=16)
-
-
 def make_model(patcher: str, pooling: str = "mean", heads: int = 3, request=None) -> ByteLM:
     """A tiny random ByteLM; the entropy patcher gets a sharp random entropy model
     with context 16, so its documents are chunked too."""

@@ -25,15 +25,6 @@ from tests.patchers.tiny_entropy import save_tiny_entropy_model
 CONTEXT = 48  # the tiny model's context: documents longer than this are chunked
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these forwards are tiny: on a shared 2-core machine, a second thread only adds waiting
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_entropy_model(tmp_path_factory.mktemp("ent") / "ckpt", context=CONTEXT)
