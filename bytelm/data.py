@@ -499,11 +499,20 @@ class ByteCorpus:
         its step alone. Every rank draws the same batch_size * world_size starts
         and keeps its own slice, so ranks train on different windows.
         """
+        starts = self.train_starts(step, batch_size, seed, rank, world_size)
+        return torch.from_numpy(np.stack([self.window(int(s), seq_len) for s in starts]))
+
+    def train_starts(
+        self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> np.ndarray:
+        """The virtual-stream starts of `train_batch(step, ...)`'s windows -> int64[batch_size].
+
+        Anything aligned with the stream (cached entropies) reads the same windows from these.
+        """
         assert 0 <= rank < world_size, f"rank {rank} not in [0, {world_size})"
         rng = np.random.default_rng([seed, step])
         starts = rng.integers(0, self.stream_len, size=batch_size * world_size)
-        starts = starts[rank * batch_size : (rank + 1) * batch_size]
-        return torch.from_numpy(np.stack([self.window(int(s), seq_len) for s in starts]))
+        return starts[rank * batch_size : (rank + 1) * batch_size]
 
     def _eval_len(self, max_bytes: int | None) -> int:
         """How many stream positions are predicted in eval (every one but the first BOS)."""

@@ -24,7 +24,6 @@ entropy model's).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -124,25 +123,8 @@ class KVCache:
 
 
 def snapshot_state(state):
-    """A copy of a patcher state that later steps of the original cannot change.
-
-    Tensors are cloned; a value with a `clone()` method (a `TransformerCache`
-    carried by the entropy patcher) is cloned through it; anything else (lists
-    of per-row histories, ...) is deep-copied.
-    """
-    return dataclasses.replace(
-        state,
-        **{
-            f.name: _clone_value(getattr(state, f.name))
-            for f in dataclasses.fields(state)
-            if f.name != "extra"
-        },
-        extra={k: _clone_value(v) for k, v in state.extra.items()},
-    )
-
-
-def _clone_value(v):
-    return v.clone() if isinstance(v, torch.Tensor) or hasattr(v, "clone") else copy.deepcopy(v)
+    """A copy of a patcher state that later steps of the original cannot change."""
+    return state.clone()
 
 
 def select_state(mask: torch.Tensor, a, b):

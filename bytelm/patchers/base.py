@@ -11,6 +11,8 @@ the causality rule needs (see `bytelm.model.bytelm`).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,11 +74,24 @@ class PatcherState:
     extra: dict = field(default_factory=dict)  # patcher-specific tensors (entropy KV cache, ...)
 
     def clone(self) -> PatcherState:
-        return PatcherState(
-            self.patch_len.clone(),
-            self.prev.clone(),
-            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.extra.items()},
+        """A copy that later steps of the original cannot change (speculative rollback).
+
+        Tensors and values with a `clone()` method (the entropy model's KV caches)
+        are cloned; anything else (per-row lists, ...) is deep-copied.
+        """
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: _copy(getattr(self, f.name))
+                for f in dataclasses.fields(self)
+                if f.name != "extra"
+            },
+            extra={k: _copy(v) for k, v in self.extra.items()},
         )
+
+
+def _copy(v):
+    return v.clone() if hasattr(v, "clone") else copy.deepcopy(v)
 
 
 class Patcher(Protocol):

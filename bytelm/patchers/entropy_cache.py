@@ -47,16 +47,6 @@ def model_key(patcher: EntropyPatcher) -> str:
     return h.hexdigest()
 
 
-def window_starts(
-    corpus, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
-) -> np.ndarray:
-    """The window starts of `ByteCorpus.train_batch(step, ...)` (the same pure function of
-    (seed, step); a test keeps the two in lockstep)."""
-    rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, corpus.stream_len, size=batch_size * world_size)
-    return starts[rank * batch_size : (rank + 1) * batch_size]
-
-
 class EntropyCache:
     """The entropy of every position of one `ByteCorpus` split, filled on demand."""
 
@@ -178,7 +168,7 @@ class EntropyCache:
         world_size: int = 1,
     ) -> torch.Tensor:
         """Entropies for the windows of `corpus.train_batch(step, ...)` -> FloatTensor[B, T]."""
-        starts = window_starts(self.corpus, step, batch_size, seed, rank, world_size)
+        starts = self.corpus.train_starts(step, batch_size, seed, rank, world_size)
         return self.at(starts[:, None] + np.arange(seq_len)[None, :])
 
     def sample(self, max_bytes: int | None = None, progress: bool = False):

@@ -18,7 +18,7 @@ from bytelm.patchers.entropy import (
     load_entropy_model,
     mean_bytes_per_patch,
 )
-from bytelm.patchers.entropy_cache import EntropyCache, window_starts
+from bytelm.patchers.entropy_cache import EntropyCache
 from bytelm.vocab import BOS, EOS, PAD
 from tests.patchers.tiny_entropy import save_tiny_entropy_model
 
@@ -210,7 +210,7 @@ def test_cache_matches_live_entropies_and_train_windows(patcher, corpus, tmp_pat
     assert torch.allclose(cache.window(a, b - a), live, atol=2e-3)
     # training windows: the same starts as ByteCorpus.train_batch, so ids and entropies align
     ids = train.train_batch(7, 3, 64, seed=1, rank=1, world_size=2)
-    starts = window_starts(train, 7, 3, seed=1, rank=1, world_size=2)
+    starts = train.train_starts(7, 3, seed=1, rank=1, world_size=2)
     assert torch.equal(
         ids, torch.stack([torch.from_numpy(train.window(int(s), 64)) for s in starts])
     )
