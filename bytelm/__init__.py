@@ -4,7 +4,7 @@ from bytelm import ByteLM, ByteLMConfig, load_model
 model, cfg = load_model("runs/demo/checkpoint")
 """
 
-from bytelm.checkpoint import load_model, save_checkpoint
+from bytelm.checkpoint import build_model, build_patcher, load_model, save_checkpoint
 from bytelm.config import (
     ByteLMConfig,
     HeadsConfig,
@@ -18,8 +18,8 @@ from bytelm.config import (
 from bytelm.data import ByteCorpus, DataConfig, load_corpus
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.generate import GenerationConfig, GenerationResult, generate  # shadows the module name
-from bytelm.model import ByteLM, ByteTransformer, build_model
-from bytelm.patchers import FixedPatcher, SpacePatcher, make_patcher
+from bytelm.model import ByteLM, ByteTransformer
+from bytelm.patchers import BoundarySource, EntropyPatcher, FixedPatcher, SpacePatcher, make_patcher
 from bytelm.vocab import BOS, EOS, PAD, VOCAB_SIZE, decode, encode
 
 __all__ = [
@@ -27,11 +27,13 @@ __all__ = [
     "EOS",
     "PAD",
     "VOCAB_SIZE",
+    "BoundarySource",
     "ByteCorpus",
     "ByteLM",
     "ByteLMConfig",
     "ByteTransformer",
     "DataConfig",
+    "EntropyPatcher",
     "FixedPatcher",
     "GenerationConfig",
     "GenerationResult",
@@ -43,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TransformerConfig",
     "build_model",
+    "build_patcher",
     "decode",
     "encode",
     "evaluate_bpb",

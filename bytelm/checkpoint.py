@@ -7,10 +7,15 @@
 
 A checkpoint is written to a temporary sibling directory and renamed into
 place, so a run killed mid-write leaves the previous checkpoint intact.
+
+This module is also where models are *built*: it sits above `model` and
+`patchers`, so it is the one place that loads an entropy model and hands it to
+the entropy patcher, and the patcher to `ByteLM`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bytelm import config as C
-from bytelm.patchers.entropy import bundle_entropy_model, resolve_bundled
+from bytelm.model import ByteLM, ByteTransformer
+from bytelm.patchers import BoundarySource, make_patcher
 
 
 class CheckpointError(ValueError):
@@ -91,8 +97,6 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """A checkpoint directory -> (model in eval mode, RunConfig)."""
-    from bytelm.model import build_model
-
     cfg = load_config(path)
     model = build_model(cfg)
     load_weights(path, model)
@@ -111,3 +115,73 @@ def load_trainer_state(path: str | Path) -> dict:
         raise CheckpointError(
             f"bytelm: checkpoint '{path}' has a corrupt {STATE_FILE}: {e}"
         ) from None
+
+
+# ----------------------------------------------------------------------------- building models
+
+
+def load_entropy_model(path: str | Path) -> tuple[torch.nn.Module, int]:
+    """An entropy-model checkpoint -> (frozen ByteTransformer in eval mode, its context length)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"bytelm: no entropy model at '{path}'; train one with `bytelm train-entropy` "
+            f"(`make demo` does) or set --model.patcher.entropy_model"
+        )
+    model, cfg = load_model(path)
+    if cfg.arch != "transformer":
+        raise CheckpointError(
+            f"bytelm: '{path}' is a {cfg.arch} checkpoint; the entropy model must be a plain "
+            "ByteTransformer (train it with `bytelm train-entropy`)"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, cfg.data.seq_len
+
+
+def build_patcher(pcfg: C.PatcherConfig, out_dir: str | Path = "") -> BoundarySource:
+    """A `PatcherConfig` -> its boundary source; the entropy patcher gets its entropy model from
+    `C.entropy_model_path(pcfg, out_dir)` (default `out_dir`: `TrainConfig().out_dir`)."""
+    if pcfg.name != "entropy":
+        return make_patcher(pcfg)
+    path = C.entropy_model_path(pcfg, out_dir or C.TrainConfig().out_dir)
+    return make_patcher(pcfg, scorer=(*load_entropy_model(path), str(path)))
+
+
+def build_model(cfg: C.RunConfig, patcher: BoundarySource | None = None) -> torch.nn.Module:
+    """A RunConfig -> the model its `arch` names. A ByteLM gets `patcher`, or the one its
+    config describes (with the entropy model resolved against `train.out_dir`)."""
+    if cfg.arch == "transformer":
+        return ByteTransformer(cfg.transformer, cfg.model.attn_backend)
+    if patcher is None:
+        patcher = build_patcher(cfg.model.patcher, cfg.train.out_dir)
+    return ByteLM(cfg.model, patcher)
+
+
+ENTROPY_DIR = "entropy_model"  # where a ByteLM checkpoint keeps its entropy model
+
+
+def _uses_entropy(cfg) -> bool:
+    return getattr(cfg, "arch", None) == "bytelm" and cfg.model.patcher.name == "entropy"
+
+
+def bundle_entropy_model(cfg: C.RunConfig, ckpt_dir: str | Path) -> None:
+    """Copy the entropy model a ByteLM run uses into its checkpoint dir (no-op for other runs)."""
+    if not _uses_entropy(cfg):
+        return
+    src = C.entropy_model_path(cfg.model.patcher, cfg.train.out_dir)
+    if not (src / MODEL_FILE).is_file():
+        raise CheckpointError(f"bytelm: the entropy model '{src}' is gone; cannot bundle it")
+    dst = Path(ckpt_dir) / ENTROPY_DIR
+    dst.mkdir(exist_ok=True)
+    for name in (MODEL_FILE, CONFIG_FILE):
+        shutil.copyfile(src / name, dst / name)
+
+
+def resolve_bundled(cfg: C.RunConfig, ckpt_dir: str | Path) -> C.RunConfig:
+    """A ByteLM config loaded from a checkpoint -> the same config reading its bundled entropy model."""
+    bundled = Path(ckpt_dir) / ENTROPY_DIR
+    if not _uses_entropy(cfg) or not bundled.is_dir():
+        return cfg
+    pc = dataclasses.replace(cfg.model.patcher, entropy_model=str(bundled))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, patcher=pc))

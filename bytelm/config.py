@@ -12,10 +12,24 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bytelm.data import DataConfig
+
+# The names and defaults other layers validate against; defined here, once, and imported
+# by the patchers, kernels and CLI (this module imports nothing above `data`).
+PATCHERS = ("fixed", "space", "entropy", "bpe")
+PATCHER_MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "xformers")
+POOLINGS = ("mean", "max", "sum", "attn")
+MAX_PATCH_LEN = 16  # the default cap on a patch, for every patcher
+CALIBRATION_BYTES = (
+    262144  # held-out stream positions a threshold is calibrated on (and tables use)
+)
+CHECKPOINT_DIR = "checkpoint"  # a run keeps its checkpoint in out_dir/checkpoint
+ENTROPY_RUN = "entropy"  # the default entropy model is the sibling run out_dir/../entropy
 
 
 class ConfigError(ValueError):
@@ -85,7 +99,7 @@ class HeadsConfig:
 class PatcherConfig:
     name: str = "fixed"  # fixed | space | entropy | bpe
     k: int = 4  # fixed: bytes per patch
-    max_patch_len: int = 16
+    max_patch_len: int = MAX_PATCH_LEN
     # entropy: byte t ends its patch when H_t > threshold (global), H_t - H_{t-1} > threshold
     # (monotonic), or H_t > threshold and H_t - H_{t-1} > delta (both); H in bits
     mode: str = "global"
@@ -93,18 +107,19 @@ class PatcherConfig:
     threshold: float = 0.0
     delta: float = 0.0
     measured_bytes_per_patch: float = 0.0  # written by calibration (held-out mean); 0 = not yet
-    entropy_model: str = ""  # entropy-model checkpoint dir; "" = runs/entropy/checkpoint
+    # entropy-model checkpoint dir; "" = the sibling run's, `<train.out_dir>/../entropy/checkpoint`
+    # (see `entropy_model_path`)
+    entropy_model: str = ""
     vocab_size: int = 8192  # bpe: tokenizer vocabulary size
 
     def __post_init__(self):
-        from bytelm.patchers import MODES, PATCHERS
-
         _check(
             self.name in PATCHERS,
             f"unknown patcher {self.name!r}; choose one of {', '.join(PATCHERS)}",
         )
         _check(
-            self.mode in MODES, f"patcher.mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+            self.mode in PATCHER_MODES,
+            f"patcher.mode must be one of {', '.join(PATCHER_MODES)}, got {self.mode!r}",
         )
         _check(
             self.target_bytes_per_patch == 0 or self.target_bytes_per_patch >= 1,
@@ -134,15 +149,13 @@ class ByteLMConfig:
     attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | xformers
 
     def __post_init__(self):
-        from bytelm.kernels.attention import BACKENDS as ATTN_BACKENDS
-
         _check(
             self.attn_backend in ATTN_BACKENDS,
             f"model.attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {self.attn_backend!r}",
         )
         _check(
-            self.pooling in ("mean", "max", "sum", "attn"),
-            f"model.pooling must be mean, max, sum or attn, got {self.pooling!r}",
+            self.pooling in POOLINGS,
+            f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}",
         )
         _check(
             self.encoder.dim == self.decoder.dim,
@@ -332,25 +345,34 @@ def flat_fields(cls=RunConfig, prefix: str = "", default=None) -> list[tuple[str
     return out
 
 
-PRESET_DIRS = (Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs")
+def entropy_model_path(patcher: PatcherConfig, out_dir: str | Path) -> Path:
+    """Where a run's entropy model is: `patcher.entropy_model` when set, else the checkpoint of
+    the sibling run `entropy` next to `out_dir` (`runs/demo` -> `runs/entropy/checkpoint`, where
+    `bytelm train-entropy` writes with its preset). Never looked up in the current directory."""
+    if patcher.entropy_model:
+        return Path(patcher.entropy_model)
+    return Path(out_dir).parent / ENTROPY_RUN / CHECKPOINT_DIR
+
+
+PRESETS = "bytelm.configs"  # the package that holds the presets, read with importlib.resources
 
 
 def preset_names() -> list[str]:
-    names = set()
-    for d in PRESET_DIRS:
-        if d.is_dir():
-            names |= {p.stem for p in d.glob("*.toml")}
-    return sorted(names)
+    return sorted(
+        r.name[: -len(".toml")]
+        for r in resources.files(PRESETS).iterdir()
+        if r.name.endswith(".toml")
+    )
 
 
 def load_preset(name_or_path: str) -> RunConfig:
-    """A preset by exact name (a TOML file in configs/) or a path to a TOML/JSON file."""
+    """A preset by exact name (a TOML file shipped in `bytelm/configs/`) or a path to a TOML/JSON file."""
     p = Path(name_or_path)
     if p.suffix in (".toml", ".json"):
         return load(p)
-    for d in PRESET_DIRS:
-        if (d / f"{name_or_path}.toml").is_file():
-            return load(d / f"{name_or_path}.toml")
+    res = resources.files(PRESETS) / f"{name_or_path}.toml"
+    if res.is_file():
+        return from_dict(RunConfig, tomllib.loads(res.read_text()))
     raise ConfigError(
         f"bytelm: unknown preset '{name_or_path}'; known presets: {', '.join(preset_names()) or 'none'}"
     )

@@ -6,9 +6,8 @@ import dataclasses
 import gzip
 import lzma
 import time
-from pathlib import Path
 
-from bytelm.config import RunConfig
+from bytelm.config import CALIBRATION_BYTES, RunConfig, entropy_model_path
 from bytelm.vocab import decode
 
 
@@ -30,11 +29,10 @@ def heldout_bytes(split, max_bytes: int | None) -> bytes:
 def ensure_entropy_model(cfg: RunConfig) -> None:
     """Train the entropy patcher's model (preset 'entropy', ~1 min) unless it exists already."""
     from bytelm.config import load_preset, override
-    from bytelm.patchers.entropy import DEFAULT_ENTROPY_MODEL
     from bytelm.train import Trainer
 
     pc = cfg.model.patcher
-    path = Path(pc.entropy_model or DEFAULT_ENTROPY_MODEL)
+    path = entropy_model_path(pc, cfg.train.out_dir)
     if cfg.arch != "bytelm" or pc.name != "entropy" or (path / "model.safetensors").is_file():
         return
     ecfg = override(load_preset("entropy"), {"train.out_dir": str(path.parent)})
@@ -43,7 +41,7 @@ def ensure_entropy_model(cfg: RunConfig) -> None:
     Trainer(ecfg).fit()
 
 
-def compression_table(trainer, max_bytes: int = 262144) -> str:
+def compression_table(trainer, max_bytes: int = CALIBRATION_BYTES) -> str:
     """Fixed, space and entropy patching of the held-out split (Markdown). The entropy row is
     calibrated on the same held-out sample as training calibrated, so its θ is the model's."""
     from bytelm.evals.compression import compare, to_markdown
@@ -57,7 +55,7 @@ def compression_table(trainer, max_bytes: int = 262144) -> str:
         {"held-out": trainer.corpus},
         specs,
         model_cfg=cfg.model,
-        entropy_model=pc.entropy_model or None,
+        entropy_model=str(entropy_model_path(pc, cfg.train.out_dir)),
         max_bytes=max_bytes,
         max_patch_len=pc.max_patch_len,
         mode=pc.mode,

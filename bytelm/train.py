@@ -20,17 +20,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from bytelm.checkpoint import load_trainer_state, load_weights, save_checkpoint
-from bytelm.config import RunConfig
+from bytelm.checkpoint import (
+    build_model,
+    build_patcher,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
+from bytelm.config import CHECKPOINT_DIR, RunConfig
 from bytelm.data import load_corpus
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.flops import run_size
-from bytelm.model import build_model
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
 from bytelm.patchers.entropy_cache import prepare_training as prepare_entropy
 
-CHECKPOINT = "checkpoint"
+CHECKPOINT = CHECKPOINT_DIR
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -87,10 +92,15 @@ class Trainer:
             with self.acc.main_process_first():  # rank 0 builds the byte cache, the others reuse it
                 corpus = load_corpus(cfg.data, progress=self.acc.is_main_process)
         self.corpus = corpus
+        patcher = None
+        if cfg.arch == "bytelm":  # built once: calibrated here, then handed to the model
+            patcher = build_patcher(cfg.model.patcher, tc.out_dir)
         with self.acc.main_process_first():  # calibrate θ, fill the entropy cache (entropy patcher)
-            cfg, self.entropy_feed = prepare_entropy(cfg, corpus, main=self.acc.is_main_process)
+            cfg, self.entropy_feed = prepare_entropy(
+                cfg, corpus, patcher, main=self.acc.is_main_process
+            )
         self.cfg = cfg
-        self.model = build_model(cfg)
+        self.model = build_model(cfg, patcher)
         self.size = run_size(cfg)  # non-embedding params, analytic training FLOPs per byte
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, tc.weight_decay),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from bytelm import config as C
 from bytelm.vocab import BOS, EOS
 
 _BG = ("\x1b[48;5;24m", "\x1b[48;5;94m")  # two muted backgrounds, readable on dark and light
@@ -130,13 +131,13 @@ def add_patch_parser(sub) -> None:
     p.add_argument(
         "--entropy-model",
         default=None,
-        help="entropy-model checkpoint (default: runs/entropy/checkpoint)",
+        help="entropy-model checkpoint (default: the sibling run of train.out_dir, runs/entropy/checkpoint)",
     )
     p.add_argument(
         "--threshold", type=float, default=None, help="use this θ instead of calibrating entropy:X"
     )
     p.add_argument("--mode", default="global", choices=("global", "monotonic", "both"))
-    p.add_argument("--max-patch-len", type=int, default=16)
+    p.add_argument("--max-patch-len", type=int, default=C.MAX_PATCH_LEN)
     p.add_argument(
         "--entropies", action="store_true", help="also print the entropy after each byte"
     )
@@ -150,7 +151,6 @@ def add_patch_parser(sub) -> None:
 
 
 def cmd_patch(args, overrides) -> int:
-    from bytelm import config as C
     from bytelm.evals.compression import PatcherFactory, default_entropy_model, parse_spec
     from bytelm.vocab import encode
 
@@ -179,7 +179,7 @@ def cmd_patch(args, overrides) -> int:
         patcher, theta = _copy_entropy(factory.entropy_base()), args.threshold
         patcher.threshold = theta
     else:
-        patcher, theta = factory.build(spec, corpus, 262144)
+        patcher, theta = factory.build(spec, corpus, C.CALIBRATION_BYTES)
     ids = encode(data, bos=True, eos=False)[None]
     lengths = patcher.patch(ids)[0]
     lengths = lengths[lengths > 0].tolist()

@@ -19,7 +19,7 @@ from scipy.stats import chi2
 
 import bytelm
 import bytelm.kernels.verify as verify_mod
-from bytelm.checkpoint import save_checkpoint
+from bytelm.checkpoint import build_patcher, save_checkpoint
 from bytelm.cli import main
 from bytelm.config import PatcherConfig, RunConfig, TransformerConfig
 from bytelm.generate import filter_logits, generate, generate_naive
@@ -43,7 +43,7 @@ def tiny_model(patcher="space", heads=4, sharpen=3.0, k=3, seed=0, entropy_ckpt=
             entropy_model=str(entropy_ckpt),
         )  # fmt: skip
         cfg = dataclasses.replace(cfg, patcher=pc)
-    model = ByteLM(cfg).eval()
+    model = ByteLM(cfg, build_patcher(cfg.patcher)).eval()
     with torch.no_grad():
         model.unembed.weight.mul_(sharpen)
     return model

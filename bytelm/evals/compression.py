@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bytelm import config as C
 from bytelm.vocab import BOS
 
 DEFAULT_SPECS = ("fixed:4", "fixed:8", "space", "entropy:4", "entropy:6", "entropy:8", "bpe:8k")
@@ -130,9 +131,8 @@ def patch_stats(lengths: np.ndarray) -> dict:
 
 
 def default_entropy_model() -> str:
-    from bytelm.patchers.entropy import DEFAULT_ENTROPY_MODEL
-
-    return DEFAULT_ENTROPY_MODEL
+    """The entropy model a default run would use (`config.entropy_model_path`)."""
+    return str(C.entropy_model_path(C.PatcherConfig(), C.TrainConfig().out_dir))
 
 
 def _need_entropy_model(path: str | None) -> str:
@@ -149,13 +149,16 @@ class PatcherFactory:
     """Builds (and caches) the patcher for a spec on a corpus: loads the entropy model once,
     calibrates θ on the held-out sample, trains BPE on the training split."""
 
-    def __init__(self, entropy_model: str | None = None, max_patch_len: int = 16, mode="global"):
+    def __init__(
+        self, entropy_model: str | None = None, max_patch_len: int = C.MAX_PATCH_LEN, mode="global"
+    ):
         self.entropy_path = entropy_model
         self.max_patch_len, self.mode = max_patch_len, mode
         self._entropy = None
 
     def entropy_base(self):
-        from bytelm.patchers.entropy import EntropyPatcher, load_entropy_model
+        from bytelm.checkpoint import load_entropy_model
+        from bytelm.patchers.entropy import EntropyPatcher
 
         if self._entropy is None:
             path = _need_entropy_model(self.entropy_path)
@@ -199,10 +202,10 @@ def compare(
     specs: list[str],
     model_cfg=None,
     entropy_model: str | None = None,
-    max_bytes: int | None = 262144,
+    max_bytes: int | None = C.CALIBRATION_BYTES,
     checkpoints: dict[str, str] | None = None,
     calibrate_on: str | None = None,
-    max_patch_len: int = 16,
+    max_patch_len: int = C.MAX_PATCH_LEN,
     mode: str = "global",
     seq_len: int = 512,
     log=None,
@@ -451,10 +454,13 @@ def add_compare_parser(sub) -> None:
         help="fit θ and BPE on this corpus and apply them to all (default: each corpus its own)",
     )
     p.add_argument(
-        "--max-bytes", type=int, default=262144, help="held-out positions per corpus (0 = all)"
+        "--max-bytes",
+        type=int,
+        default=C.CALIBRATION_BYTES,
+        help="held-out positions per corpus (0 = all)",
     )
-    p.add_argument("--max-patch-len", type=int, default=16)
-    p.add_argument("--mode", default="global", choices=("global", "monotonic", "both"))
+    p.add_argument("--max-patch-len", type=int, default=C.MAX_PATCH_LEN)
+    p.add_argument("--mode", default="global", choices=C.PATCHER_MODES)
     p.add_argument(
         "--out", default="runs/compare", help="directory for compare.md, compare.csv, compare.png"
     )
@@ -462,8 +468,6 @@ def add_compare_parser(sub) -> None:
 
 
 def cmd_compare(args, overrides) -> int:
-    from bytelm import config as C
-
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ValueError(f"bytelm: compare takes only --data.* config options (got --{bad[0]})")

@@ -1,13 +1,10 @@
-"""Models: the plain ByteTransformer and the hierarchical ByteLM."""
+"""Models: the plain ByteTransformer and the hierarchical ByteLM.
+
+Building a model from a RunConfig (which may need an entropy model loaded from
+disk) is `bytelm.checkpoint.build_model`, one layer up.
+"""
 
 from bytelm.model.bytelm import ByteLM
 from bytelm.model.transformer import ByteTransformer
 
-__all__ = ["ByteLM", "ByteTransformer", "build_model"]
-
-
-def build_model(run_cfg):
-    """A RunConfig -> the model its `arch` names."""
-    if run_cfg.arch == "transformer":
-        return ByteTransformer(run_cfg.transformer, run_cfg.model.attn_backend)
-    return ByteLM(run_cfg.model)
+__all__ = ["ByteLM", "ByteTransformer"]

@@ -23,16 +23,25 @@ from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.embed import ByteEmbedding
 from bytelm.model.layers import Attention, Block, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
-from bytelm.patchers import ends_to_lengths, lengths_to_ids, lengths_to_offsets, make_patcher
+from bytelm.patchers import (
+    BoundarySource,
+    ends_to_lengths,
+    lengths_to_ids,
+    lengths_to_offsets,
+    make_patcher,
+)
 from bytelm.vocab import PAD, VOCAB_SIZE
 
 
 class ByteLM(nn.Module):
-    def __init__(self, cfg: ByteLMConfig):
+    def __init__(self, cfg: ByteLMConfig, patcher: BoundarySource | None = None):
+        """`patcher`: the boundary source; by default the one `cfg.patcher` describes, which
+        works for every source that needs no outside model (an entropy patcher is handed in:
+        `bytelm.build_model` loads it)."""
         super().__init__()
         self.cfg = cfg
         D, G = cfg.encoder.dim, cfg.latent.dim
-        self.patcher = make_patcher(cfg.patcher)
+        self.patcher = make_patcher(cfg.patcher) if patcher is None else patcher
         if not getattr(self.patcher, "causal", True):
             raise ValueError(
                 f"bytelm: the {self.patcher.name!r} patcher is not causal (its boundaries depend on "

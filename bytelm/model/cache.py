@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from bytelm.kernels.attention import MaskSpec
-from bytelm.patchers import PatcherState
+from bytelm.patchers.base import PatcherState
+from bytelm.vocab import BOS
 
 
 class _StepMask(MaskSpec):
@@ -168,13 +169,6 @@ def replay_patcher(patcher, start: PatcherState, ids: torch.Tensor, keep: torch.
     return state
 
 
-def start_patcher(patcher, batch: int, device) -> PatcherState:
-    try:
-        return patcher.start(batch, device=device)
-    except TypeError:  # a patcher whose start() takes only the batch size
-        return patcher.start(batch)
-
-
 # ---------------------------------------------------------------- model caches
 
 
@@ -216,7 +210,7 @@ class _Pointers:
                 "make a cache with a larger max_len or shorten the prompt"
             )
         pos = self.length[:, None] + torch.arange(n, device=ids.device)  # (B, n)
-        docs = self.doc[:, None] + (ids == _BOS).long().cumsum(1)  # (B, n)
+        docs = self.doc[:, None] + (ids == BOS).long().cumsum(1)  # (B, n)
         self.last = _CallRecord(self.length, self.doc, self.hi, ids, docs)
         return pos, docs
 
@@ -235,9 +229,6 @@ class _Pointers:
         self.doc = torch.where(keep > 0, at, r.doc)
         self.hi = int(self.length.max()) if self.length.numel() else 0
         return r
-
-
-_BOS = 256  # bytelm.vocab.BOS, repeated to keep this module free of import cycles
 
 
 class TransformerCache(_Pointers):
@@ -313,7 +304,7 @@ class ByteLMCache(_Pointers):
             dataclasses.replace(dec, n_layers=dec.n_layers + heads),
             batch, max_len, max_step, dtype, dev,
         )  # fmt: skip
-        self.patcher_state = start_patcher(self.patcher, batch, dev)
+        self.patcher_state = self.patcher.start(batch, dev)
 
     @property
     def ring_size(self) -> int:

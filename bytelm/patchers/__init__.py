@@ -1,8 +1,18 @@
-"""Patchers group bytes into variable-length patches. See `bytelm.patchers.base` for the contract."""
+"""Boundary sources: where patches end. See `bytelm.patchers.base` for the contract.
+
+Every source speaks one protocol (`BoundarySource`): `ends` for a batch, `start`
+and `step` for generation. The rule patchers (`fixed`, `space`) and the BPE
+baseline need nothing but their config; the entropy patcher is handed its
+scorer, a frozen `ByteTransformer`, by whoever loaded it (`bytelm.checkpoint`),
+so nothing in this package ever reads a checkpoint.
+"""
 
 from __future__ import annotations
 
+from bytelm.config import PATCHER_MODES as MODES
+from bytelm.config import PATCHERS
 from bytelm.patchers.base import (
+    BoundarySource,
     Patcher,
     PatcherState,
     RulePatcher,
@@ -10,53 +20,45 @@ from bytelm.patchers.base import (
     lengths_to_ids,
     lengths_to_offsets,
 )
+from bytelm.patchers.bpe import BPEPatcher
+from bytelm.patchers.entropy import EntropyPatcher
 from bytelm.patchers.static import FixedPatcher, SpacePatcher
 
 __all__ = [
+    "BoundarySource",
     "Patcher",
     "PatcherState",
     "RulePatcher",
     "FixedPatcher",
     "SpacePatcher",
+    "EntropyPatcher",
+    "BPEPatcher",
     "ends_to_lengths",
     "lengths_to_ids",
     "lengths_to_offsets",
     "make_patcher",
     "PATCHERS",
     "MODES",
-    "EntropyPatcher",
-    "BPEPatcher",
 ]
 
-PATCHERS = ("fixed", "space", "entropy", "bpe")
-MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
 
+def make_patcher(cfg, scorer: tuple | None = None) -> BoundarySource:
+    """Build a boundary source from a `PatcherConfig`.
 
-def __getattr__(name):
-    # imported lazily: the entropy patcher needs bytelm.model, which imports this package
-    if name == "EntropyPatcher":
-        from bytelm.patchers.entropy import EntropyPatcher
-
-        return EntropyPatcher
-    if name == "BPEPatcher":
-        from bytelm.patchers.bpe import BPEPatcher
-
-        return BPEPatcher
-    raise AttributeError(f"module 'bytelm.patchers' has no attribute {name!r}")
-
-
-def make_patcher(cfg) -> Patcher:
-    """Build a patcher from a `PatcherConfig`."""
+    The entropy patcher needs `scorer = (entropy model, its context length)`;
+    `bytelm.checkpoint.build_patcher` loads it from the config's checkpoint path.
+    """
     if cfg.name == "fixed":
         return FixedPatcher(cfg.k, cfg.max_patch_len)
     if cfg.name == "space":
         return SpacePatcher(cfg.max_patch_len)
     if cfg.name == "entropy":
-        from bytelm.patchers.entropy import EntropyPatcher
-
-        return EntropyPatcher.from_config(cfg)
+        if scorer is None:
+            raise ValueError(
+                "bytelm: the entropy patcher needs its entropy model; build it with "
+                "bytelm.build_patcher(patcher_cfg) (or bytelm.build_model(run_cfg)), or pass scorer="
+            )
+        return EntropyPatcher.from_config(cfg, *scorer)
     if cfg.name == "bpe":
-        from bytelm.patchers.bpe import BPEPatcher
-
         return BPEPatcher.from_config(cfg)
     raise ValueError(f"bytelm: unknown patcher {cfg.name!r}; choose one of {', '.join(PATCHERS)}")

@@ -94,18 +94,32 @@ def _copy(v):
     return v.clone() if hasattr(v, "clone") else copy.deepcopy(v)
 
 
-class Patcher(Protocol):
-    name: str
-    max_patch_len: int
-    causal: bool
+class BoundarySource(Protocol):
+    """Where patches end: what `ByteLM` asks of a rule patcher, the entropy patcher or any
+    other source of boundaries.
 
-    def patch(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, P)
+    `ends` labels a whole batch; `start` then `step` label bytes as they arrive during
+    generation and must agree with `ends` on the concatenation of everything fed. A
+    source that can use precomputed side inputs takes them as keyword arguments of
+    `ends` (the entropy patcher's cached `entropies=`); the model never passes them, it
+    passes the finished `ends` instead. `causal` sources only: ends[t] reads bytes <= t.
+    """
+
+    name: str
+    causal: bool
+    max_patch_len: int
 
     def ends(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, T) bool
 
-    def start(self, batch: int) -> PatcherState: ...
+    def start(self, batch: int, device: torch.device | None = None) -> PatcherState: ...
 
-    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor: ...
+    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor: ...  # (B, n)
+
+
+class Patcher(BoundarySource, Protocol):
+    """A boundary source that also returns the DESIGN patch contract directly."""
+
+    def patch(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, P)
 
 
 class RulePatcher:
@@ -128,7 +142,7 @@ class RulePatcher:
     def _rule(self, prev: torch.Tensor, cur: torch.Tensor, patch_len: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def start(self, batch: int, device=None) -> PatcherState:
+    def start(self, batch: int, device: torch.device | None = None) -> PatcherState:
         return PatcherState(
             patch_len=torch.zeros(batch, dtype=torch.long, device=device),
             prev=torch.full((batch,), PAD, dtype=torch.long, device=device),

@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bytelm.patchers.entropy import EntropyPatcher, _forward_pieces
+from bytelm.config import CALIBRATION_BYTES
+from bytelm.patchers.entropy_scores import _forward_pieces
 
 CACHE_FORMAT = 1
 _BUILD_TOKENS = 32768  # positions per entropy-model forward while filling
 
 
-def model_key(patcher: EntropyPatcher) -> str:
+def model_key(patcher) -> str:
     """A fingerprint of the entropy model's weights and the chunking."""
     h = hashlib.blake2b(digest_size=12)
     for name, t in sorted(patcher.model.state_dict().items()):
@@ -50,7 +51,7 @@ def model_key(patcher: EntropyPatcher) -> str:
 class EntropyCache:
     """The entropy of every position of one `ByteCorpus` split, filled on demand."""
 
-    def __init__(self, corpus, patcher: EntropyPatcher, root: str | Path | None = None):
+    def __init__(self, corpus, patcher, root: str | Path | None = None):
         self.corpus, self.patcher = corpus, patcher
         self.L, self.O = patcher.context, patcher.overlap
         self.S = self.L - self.O
@@ -193,9 +194,7 @@ class EntropyCache:
 class EntropyFeed:
     """Patch ends for training windows from cached entropies (no entropy model in the step)."""
 
-    def __init__(
-        self, patcher: EntropyPatcher, cache: EntropyCache, batch_size: int, seq_len: int, seed: int
-    ):
+    def __init__(self, patcher, cache: EntropyCache, batch_size: int, seq_len: int, seed: int):
         self.patcher, self.cache = patcher, cache
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
 
@@ -208,12 +207,15 @@ class EntropyFeed:
 
 
 def calibrate_config(
-    patcher_cfg, heldout, max_bytes: int | None = 262144, progress: bool = False, log=print
+    patcher_cfg,
+    patcher,
+    heldout,
+    max_bytes: int | None = CALIBRATION_BYTES,
+    progress: bool = False,
+    log=print,
 ):
-    """Calibrate an entropy `PatcherConfig` to its target on a held-out split -> (new cfg, patcher)."""
-    from bytelm.patchers import make_patcher
-
-    patcher = make_patcher(patcher_cfg)
+    """Calibrate an entropy `PatcherConfig` and its `EntropyPatcher` (built from it) to the
+    config's target on a held-out split -> (new cfg, the calibrated patcher)."""
     target = patcher_cfg.target_bytes_per_patch
     if target <= 0:
         return patcher_cfg, patcher
@@ -230,9 +232,10 @@ def calibrate_config(
     return new, patcher
 
 
-def prepare_training(cfg, corpus: dict, main: bool = True):
-    """For a ByteLM run with the entropy patcher: calibrate the threshold (if the config asks for
-    a target and is not calibrated yet) and set up the training entropy cache.
+def prepare_training(cfg, corpus: dict, patcher, main: bool = True):
+    """For a ByteLM run with the entropy patcher (`patcher`, built from `cfg.model.patcher`):
+    calibrate the threshold (if the config asks for a target and is not calibrated yet) and
+    set up the training entropy cache.
 
     Returns (cfg with the calibrated patcher, EntropyFeed) or (cfg, None) for other runs.
     """
@@ -241,12 +244,8 @@ def prepare_training(cfg, corpus: dict, main: bool = True):
         return cfg, None
     log = print if main else None
     if pc.target_bytes_per_patch > 0 and pc.measured_bytes_per_patch == 0:
-        pc, patcher = calibrate_config(pc, corpus["heldout"], progress=main, log=log)
+        pc, patcher = calibrate_config(pc, patcher, corpus["heldout"], progress=main, log=log)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, patcher=pc))
-    else:
-        from bytelm.patchers import make_patcher
-
-        patcher = make_patcher(pc)
     cache = EntropyCache(corpus["train"], patcher)
     tc, dc = cfg.train, cfg.data
     to_read = tc.steps * tc.grad_accum * dc.batch_size * dc.seq_len

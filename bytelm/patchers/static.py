@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bytelm.config import MAX_PATCH_LEN
 from bytelm.patchers.base import RulePatcher
 from bytelm.vocab import BOS
 
@@ -45,7 +46,7 @@ class SpacePatcher(RulePatcher):
 
     name = "space"
 
-    def __init__(self, max_patch_len: int = 16):
+    def __init__(self, max_patch_len: int = MAX_PATCH_LEN):
         super().__init__(max_patch_len)
 
     def _rule(self, prev, cur, patch_len):

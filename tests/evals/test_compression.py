@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from bytelm.checkpoint import load_entropy_model
 from bytelm.cli import main
 from bytelm.data import DataConfig, load_corpus
 from bytelm.patchers import FixedPatcher, SpacePatcher
-from bytelm.patchers.entropy import EntropyPatcher, load_entropy_model
+from bytelm.patchers.entropy import EntropyPatcher
 from tests.patchers.tiny_entropy import save_tiny_entropy_model
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from bytelm.checkpoint import build_patcher
 from bytelm.config import PatcherConfig, TransformerConfig
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.vocab import BOS, EOS, PAD
@@ -32,7 +33,7 @@ def make_model(patcher: str, pooling: str = "mean", heads: int = 3, request=None
             entropy_model=str(request.getfixturevalue("entropy_model")),
         )  # fmt: skip
         cfg = dataclasses.replace(cfg, patcher=pc)
-    return ByteLM(cfg).eval()
+    return ByteLM(cfg, build_patcher(cfg.patcher)).eval()
 
 
 def text(B: int = 2, T: int = 64, seed: int = 1) -> torch.Tensor:

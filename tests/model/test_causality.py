@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 
+from bytelm.checkpoint import build_patcher
 from bytelm.config import PatcherConfig, TransformerConfig
 from bytelm.model import ByteLM, ByteTransformer
 from bytelm.patchers import FixedPatcher, SpacePatcher
@@ -74,7 +75,7 @@ def test_bytelm_is_causal(patcher, pooling, request):
             entropy_model=str(request.getfixturevalue("entropy_model")),
         )  # fmt: skip
         cfg = dataclasses.replace(cfg, patcher=pc)
-    model = ByteLM(cfg)
+    model = ByteLM(cfg, build_patcher(cfg.patcher))
     ids = packed_text()
     p = (
         FixedPatcher(cfg.patcher.k, cfg.patcher.max_patch_len)

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from bytelm.checkpoint import build_patcher, load_entropy_model
 from bytelm.config import PatcherConfig
 from bytelm.data import DataConfig, load_corpus
-from bytelm.patchers import make_patcher
 from bytelm.patchers.entropy import (
     CalibrationError,
     EntropyPatcher,
     _forward_pieces,
     chunk_start,
-    load_entropy_model,
     mean_bytes_per_patch,
 )
 from bytelm.patchers.entropy_cache import EntropyCache
@@ -193,7 +192,7 @@ def test_impossible_targets_raise(patcher, corpus):
 
 
 def test_uncalibrated_patcher_says_so(model_dir):
-    p = make_patcher(PatcherConfig(name="entropy", entropy_model=str(model_dir)))
+    p = build_patcher(PatcherConfig(name="entropy", entropy_model=str(model_dir)))
     with pytest.raises(ValueError, match="not calibrated"):
         p.ends(torch.tensor([[BOS, 97, 98]]))
 

@@ -24,12 +24,12 @@ from functools import cache
 
 import torch
 
+from bytelm.config import ATTN_BACKENDS as BACKENDS
 from bytelm.kernels.attention.reference import MaskSpec, attention_reference
 from bytelm.kernels.dispatch import triton_available
 
 __all__ = ["MaskSpec", "attention", "resolve_backend", "BACKENDS"]
 
-BACKENDS = ("auto", "sdpa", "flex", "xformers")
 
 logger = logging.getLogger("bytelm")
 _logged: set[str] = set()
