@@ -44,7 +44,7 @@ TRAIN_ARGS = [  # a small 8-head ByteLM; --train.steps is set from --steps
     "--preset", "demo",
     "--data.sources", DATA, "--data.split", "tail", "--data.heldout_fraction", "0.1",
     "--data.seq_len", "128", "--data.batch_size", "16",
-    "--model.heads.n", "8", "--model.patcher.name", "fixed", "--model.patcher.k", "4",
+    "--model.out_heads.n", "8", "--model.patcher.name", "fixed", "--model.patcher.k", "4",
     "--model.encoder.dim", "64", "--model.decoder.dim", "64",
     "--model.latent.dim", "128", "--model.latent.n_layers", "2",
     "--train.lr", "4e-3", "--train.warmup_steps", "30", "--train.eval_every", "100000",
@@ -179,7 +179,7 @@ def main() -> int:
     n_params = sum(p.numel() for p in model.parameters())
     info = machine()
     desc = (
-        f"ByteLM {n_params / 1e6:.2f}M parameters, {cfg.model.heads.n} heads, patcher "
+        f"ByteLM {n_params / 1e6:.2f}M parameters, {cfg.model.out_heads.n} heads, patcher "
         f"{cfg.model.patcher.name} (k={cfg.model.patcher.k}), encoder/decoder window "
         f"{cfg.model.encoder.window}, trained {steps} steps on tinyshakespeare"
     )

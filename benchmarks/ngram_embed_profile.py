@@ -205,7 +205,7 @@ def main(argv=None):
 Machine: {machine()}
 
 Preset `{args.preset}`: batch {B} x {T} bytes, encoder dim {m.encoder.dim}, {m.encoder.n_layers} layer(s),
-{m.encoder.n_heads} heads, window {m.encoder.window}; n-grams n = {", ".join(map(str, emb.ns))},
+{m.encoder.attn_heads} heads, window {m.encoder.window}; n-grams n = {", ".join(map(str, emb.ns))},
 {emb.buckets} buckets per n ({len(emb.ns) * emb.buckets} x {m.encoder.dim} table).
 Step = embed + encoder forward + backward (sdpa attention); times are process CPU
 times of single calls, 2 per round, {args.rounds} interleaved rounds.

@@ -7,8 +7,8 @@ model, cfg = load_model("runs/demo/checkpoint")
 from bytelm.checkpoint import build_model, build_patcher, load_model, save_checkpoint
 from bytelm.config import (
     ByteLMConfig,
-    HeadsConfig,
     NGramConfig,
+    OutputHeadsConfig,
     PatcherConfig,
     RunConfig,
     TrainConfig,
@@ -37,7 +37,7 @@ __all__ = [
     "FixedPatcher",
     "GenerationConfig",
     "GenerationResult",
-    "HeadsConfig",
+    "OutputHeadsConfig",
     "NGramConfig",
     "PatcherConfig",
     "RunConfig",

@@ -76,7 +76,7 @@ def load_config(path: str | Path) -> C.RunConfig:
         raise CheckpointError(
             f"bytelm: checkpoint '{path}' has a corrupt {CONFIG_FILE}: {e}"
         ) from None
-    return resolve_bundled(C.from_dict(C.RunConfig, d), path)
+    return resolve_bundled(C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)), path)
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:

@@ -47,7 +47,7 @@ class TransformerConfig:
 
     dim: int = 128
     n_layers: int = 2
-    n_heads: int = 4
+    attn_heads: int = 4  # attention heads per layer (output heads are `out_heads`)
     window: int = 0  # sliding-window attention span in positions; 0 = full causal attention
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * dim, rounded up to a multiple of 16
     rope_theta: float = 10000.0
@@ -55,10 +55,11 @@ class TransformerConfig:
     def __post_init__(self):
         _check(self.dim >= 8, f"dim must be >= 8, got {self.dim}")
         _check(self.n_layers >= 0, f"n_layers must be >= 0, got {self.n_layers}")
-        _check(self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}")
+        _check(self.attn_heads >= 1, f"attn_heads must be >= 1, got {self.attn_heads}")
         _check(
-            self.dim % self.n_heads == 0 and (self.dim // self.n_heads) % 2 == 0,
-            f"dim ({self.dim}) must be a multiple of n_heads ({self.n_heads}) with an even head size",
+            self.dim % self.attn_heads == 0 and (self.dim // self.attn_heads) % 2 == 0,
+            f"dim ({self.dim}) must be a multiple of attn_heads ({self.attn_heads}) with an even "
+            "head size",
         )
         _check(self.window >= 0, f"window must be >= 0 (0 = full attention), got {self.window}")
         _check(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
@@ -79,20 +80,20 @@ class NGramConfig:
 
 
 @dataclass(frozen=True)
-class HeadsConfig:
-    """K output heads; head k predicts byte t+k. K=1 is plain next-byte prediction."""
+class OutputHeadsConfig:
+    """K output (prediction) heads; head k predicts byte t+k. K=1 is plain next-byte prediction."""
 
     n: int = 4
     weights: tuple[float, ...] = ()  # per-head loss weights; empty = equal weights
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        _check(1 <= self.n <= 16, f"heads.n must lie in 1..16, got {self.n}")
+        _check(1 <= self.n <= 16, f"out_heads.n must lie in 1..16, got {self.n}")
         _check(
             not self.weights or len(self.weights) == self.n,
-            f"heads.weights needs {self.n} values (one per head), got {len(self.weights)}",
+            f"out_heads.weights needs {self.n} values (one per head), got {len(self.weights)}",
         )
-        _check(all(w >= 0 for w in self.weights), "heads.weights must be >= 0")
+        _check(all(w >= 0 for w in self.weights), "out_heads.weights must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class ByteLMConfig:
         default_factory=lambda: TransformerConfig(dim=256, n_layers=4)
     )
     decoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(window=128))
-    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    out_heads: OutputHeadsConfig = field(default_factory=OutputHeadsConfig)
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     pooling: str = "mean"  # mean | max | sum | attn (cross-attention, queries start as the mean)
     attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | xformers
@@ -221,6 +222,37 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------- io
 
+# Keys renamed since configs were first written: attention heads and output (prediction)
+# heads both used to be called "heads". (class, old key) -> new key.
+RENAMED = {
+    (TransformerConfig, "n_heads"): "attn_heads",
+    (ByteLMConfig, "heads"): "out_heads",
+}
+
+
+def _renamed_error(cls, key: str, where: str) -> ConfigError | None:
+    new = RENAMED.get((cls, key))
+    if new is None:
+        return None
+    return ConfigError(
+        f"bytelm: config key '{where}' is now '{where[: len(where) - len(key)]}{new}' "
+        "(attn_heads: attention heads per layer; out_heads: output heads, head k predicts byte t+k)"
+    )
+
+
+def upgrade(cls, d: dict) -> dict:
+    """A config dict written before the renames in `RENAMED` -> today's keys (for checkpoints;
+    user configs with an old key get an error that names the new one instead)."""
+    if not isinstance(d, dict):
+        return d
+    hints = _hints(cls)
+    out = {}
+    for k, v in d.items():
+        k = RENAMED.get((cls, k), k)
+        t = hints.get(k)
+        out[k] = upgrade(t, v) if t is not None and dataclasses.is_dataclass(t) else v
+    return out
+
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
@@ -239,6 +271,9 @@ def from_dict(cls, d: dict, prefix: str = ""):
     unknown = sorted(set(d) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        renamed = _renamed_error(cls, unknown[0], where)
+        if renamed is not None:
+            raise renamed
         raise ConfigError(
             f"bytelm: unknown config key '{where}'; known keys: {', '.join(sorted(names))}"
         )
@@ -312,6 +347,9 @@ def override(cfg, overrides: dict[str, str]):
         for i, part in enumerate(parts):
             names = {f.name: f for f in dataclasses.fields(cls)}
             if part not in names:
+                renamed = _renamed_error(cls, part, ".".join(parts[: i + 1]))
+                if renamed is not None:
+                    raise renamed
                 raise ConfigError(
                     f"bytelm: unknown config key '{key}'; '{'.'.join(parts[: i + 1])}' is not one of "
                     f"{', '.join(sorted(names))}"

@@ -234,7 +234,7 @@ def _draft_count(model, cfg: GenerationConfig) -> int:
     if K < 2:
         raise ValueError(
             "bytelm: speculative decoding needs extra output heads, and this model has one "
-            "(train it with --model.heads.n 2 or more)"
+            "(train it with --model.out_heads.n 2 or more)"
         )
     if cfg.draft_heads > K - 1:
         raise ValueError(

@@ -173,7 +173,7 @@ class Trainer:
         tc, dc = self.cfg.train, self.cfg.data
         self.model.train()
         heads = getattr(self.raw_model, "n_heads_out", 1)
-        weights = self.cfg.model.heads.weights if self.cfg.arch == "bytelm" else ()
+        weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
         total, per_head = 0.0, torch.zeros(heads)
         for micro in range(tc.grad_accum):
             ids = (

@@ -31,7 +31,7 @@ def one_line_error(code, err, fragment):
             "unknown config key 'model.latnt.dim'",
         ),
         (["train", "--preset", "tiny", "--train.steps", "0"], "train.steps must be >= 1"),
-        (["train", "--preset", "tiny", "--model.heads.n", "0"], "heads.n must lie in 1..16"),
+        (["train", "--preset", "tiny", "--model.out_heads.n", "0"], "heads.n must lie in 1..16"),
         (["train", "--preset", "tiny", "--train.lr", "fast"], "expects float"),
         (["train", "--preset", "tiny", "--data.heldout_fraction", "1.5"], "heldout_fraction"),
         (["train", "--preset", "tiny", "--model.pooling", "median"], "model.pooling"),

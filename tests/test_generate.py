@@ -240,7 +240,7 @@ def test_bad_input():
         generate(model, b"a", 10, top_p=0)
     with pytest.raises(ValueError, match="bytelm: max_new_bytes"):
         generate(model, b"a", -1)
-    baseline = ByteTransformer(TransformerConfig(dim=32, n_layers=1, n_heads=2)).eval()
+    baseline = ByteTransformer(TransformerConfig(dim=32, n_layers=1, attn_heads=2)).eval()
     assert len(generate(baseline, b"a", 10).bytes) == 10  # plain decoding works on the baseline
     with pytest.raises(ValueError, match="bytelm: speculative decoding needs extra output heads"):
         generate(baseline, b"a", 10, speculative=True)

@@ -143,7 +143,7 @@ def flops_per_byte(
             "pool": mult * pool,
             "latent": mult * latent / r,
             "decoder": mult * _stack_flops(cfg.decoder, seq_len, doc_len, attention),
-            "heads": mult * cfg.heads.n * (head + 2 * D * V),
+            "heads": mult * cfg.out_heads.n * (head + 2 * D * V),
         }
     else:
         raise _err(
@@ -191,7 +191,7 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
             "pool": (D + 4 * D * D) if cfg.pooling == "attn" else 0,
             "latent": D * G + _stack_params(cfg.latent) + G + G * D,
             "decoder": _stack_params(cfg.decoder),
-            "heads": cfg.heads.n * _block_params(cfg.decoder) + D + D * V,
+            "heads": cfg.out_heads.n * _block_params(cfg.decoder) + D + D * V,
             "embedding": V * D + len(cfg.ngram.ns) * buckets * D,
         }
     else:

@@ -75,7 +75,7 @@ LATENT_LADDER = (
 
 def _latent(base, dim: int, layers: int):
     head_dim = 16 if dim < 128 else 32 if dim < 512 else 64
-    return replace(base, dim=dim, n_layers=layers, n_heads=dim // head_dim)
+    return replace(base, dim=dim, n_layers=layers, attn_heads=dim // head_dim)
 
 
 def family(base) -> list[tuple[int, object]]:

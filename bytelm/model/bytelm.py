@@ -51,20 +51,20 @@ class ByteLM(nn.Module):
         self.encoder = Stack(cfg.encoder)
         if cfg.pooling == "attn":
             self.pool_norm = RMSNorm(D)
-            self.pool_attn = Attention(D, cfg.encoder.n_heads, rope_theta=None)
+            self.pool_attn = Attention(D, cfg.encoder.attn_heads, rope_theta=None)
         self.to_latent = nn.Linear(D, G, bias=False)
         self.latent = Stack(cfg.latent)
         self.latent_norm = RMSNorm(G)
         self.from_latent = nn.Linear(G, D, bias=False)
         self.decoder = Stack(cfg.decoder)
-        self.heads = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.heads.n))
+        self.heads = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.out_heads.n))
         self.norm = RMSNorm(D)
         self.unembed = nn.Linear(D, VOCAB_SIZE, bias=False)  # shared by every head
         init_weights(self, cfg.encoder.n_layers + cfg.latent.n_layers + cfg.decoder.n_layers + 1)
 
     @property
     def n_heads_out(self) -> int:
-        return self.cfg.heads.n
+        return self.cfg.out_heads.n
 
     def forward(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, K, V). `ends` (B, T) bool overrides the patcher."""
@@ -122,7 +122,7 @@ class ByteLM(nn.Module):
         )  # (B, T, K, V)
 
     def loss(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> HeadLosses:
-        return multi_head_loss(self(ids, ends), ids, doc_ids(ids), self.cfg.heads.weights)
+        return multi_head_loss(self(ids, ends), ids, doc_ids(ids), self.cfg.out_heads.weights)
 
     # ------------------------------------------------------------ incremental
 
@@ -131,8 +131,8 @@ class ByteLM(nn.Module):
     ) -> ByteLMCache:
         """Static caches for `batch` rows of up to `max_len` bytes, fed at most `max_step`
         bytes per call. Only the first `heads` output heads are computed (default all)."""
-        heads = self.cfg.heads.n if heads is None else heads
-        assert 1 <= heads <= self.cfg.heads.n, f"heads must lie in 1..{self.cfg.heads.n}"
+        heads = self.cfg.out_heads.n if heads is None else heads
+        assert 1 <= heads <= self.cfg.out_heads.n, f"heads must lie in 1..{self.cfg.out_heads.n}"
         return ByteLMCache(self, batch, max_len, max_step, heads)
 
     @torch.no_grad()

@@ -75,7 +75,7 @@ class KVCache:
         """A ring of `window + max_step` slots for windowed stacks, else `max_len` slots."""
         size = min(max_len, cfg.window + max_step) if cfg.window else max_len
         return cls.empty(
-            cfg.n_layers, batch, cfg.n_heads, cfg.dim // cfg.n_heads, size, cfg.window,
+            cfg.n_layers, batch, cfg.attn_heads, cfg.dim // cfg.attn_heads, size, cfg.window,
             dtype, device,
         )  # fmt: skip
 

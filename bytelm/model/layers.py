@@ -132,7 +132,7 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim)
-        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.rope_theta)
+        self.attn = Attention(cfg.dim, cfg.attn_heads, cfg.rope_theta)
         self.mlp_norm = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio)
 
@@ -177,7 +177,7 @@ class Stack(nn.Module):
 
     def rope_angles(self, pos: torch.Tensor):
         c = self.cfg
-        return rope_angles(pos, c.dim // c.n_heads, c.rope_theta) if c.rope_theta else None
+        return rope_angles(pos, c.dim // c.attn_heads, c.rope_theta) if c.rope_theta else None
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:

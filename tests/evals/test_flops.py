@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bytelm.config import (
     ByteLMConfig,
-    HeadsConfig,
     NGramConfig,
+    OutputHeadsConfig,
     PatcherConfig,
     RunConfig,
     TransformerConfig,
@@ -104,13 +104,13 @@ def by_stage(counts: dict[str, float]) -> dict[str, float]:
 
 
 def lm_cfg(k: int, pooling: str = "mean", latent_window: int = 0) -> ByteLMConfig:
-    local = TransformerConfig(dim=32, n_layers=1, n_heads=2, window=16)
+    local = TransformerConfig(dim=32, n_layers=1, attn_heads=2, window=16)
     return ByteLMConfig(
         ngram=NGramConfig(buckets=64),
         encoder=local,
-        latent=TransformerConfig(dim=48, n_layers=2, n_heads=2, window=latent_window),
+        latent=TransformerConfig(dim=48, n_layers=2, attn_heads=2, window=latent_window),
         decoder=replace(local, window=24),
-        heads=HeadsConfig(n=2),
+        out_heads=OutputHeadsConfig(n=2),
         patcher=PatcherConfig(name="fixed", k=k),
         pooling=pooling,
     )
@@ -129,7 +129,7 @@ def _seed():
 
 @pytest.mark.parametrize("window", [0, 16, 64, 200])
 def test_transformer_flops_match_counter(window):
-    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, window=window)
+    cfg = TransformerConfig(dim=32, n_layers=2, attn_heads=4, window=window)
     ids = torch.randint(0, 256, (1, T))  # one document per window
     counts = dict(zip((False, True), measure(ByteTransformer(cfg), ids)))
     for training, got in counts.items():
@@ -145,7 +145,7 @@ def test_transformer_flops_match_counter(window):
 
 
 def test_transformer_documents_restart_attention():
-    cfg = TransformerConfig(dim=32, n_layers=1, n_heads=2, window=12)
+    cfg = TransformerConfig(dim=32, n_layers=1, attn_heads=2, window=12)
     doc = 16  # BOS + 14 bytes + EOS
     row = torch.cat([torch.tensor([BOS]), torch.randint(0, 256, (doc - 2,)), torch.tensor([EOS])])
     ids = row.repeat(1, T // doc)
@@ -186,7 +186,7 @@ def test_bytelm_latent_cost_falls_with_patch_size():
 
 
 def test_entropy_model_is_forward_only():
-    cfg, ent = lm_cfg(4), TransformerConfig(dim=32, n_layers=2, n_heads=2)
+    cfg, ent = lm_cfg(4), TransformerConfig(dim=32, n_layers=2, attn_heads=2)
     with_ent = flops_per_byte(cfg, 4, 128, training=True, entropy_model=ent)
     fwd = flops_per_byte(ent, seq_len=128, training=False)["total"]
     assert with_ent["entropy_model"] == pytest.approx(fwd)
@@ -214,11 +214,11 @@ def test_bad_arguments_are_user_errors():
 @pytest.mark.parametrize(
     "cfg",
     [
-        TransformerConfig(dim=32, n_layers=2, n_heads=2),
-        TransformerConfig(dim=40, n_layers=3, n_heads=4, mlp_ratio=3.0),
+        TransformerConfig(dim=32, n_layers=2, attn_heads=2),
+        TransformerConfig(dim=40, n_layers=3, attn_heads=4, mlp_ratio=3.0),
         lm_cfg(4),
         lm_cfg(2, pooling="attn"),
-        replace(lm_cfg(8), ngram=NGramConfig(ns=(), buckets=0), heads=HeadsConfig(n=1)),
+        replace(lm_cfg(8), ngram=NGramConfig(ns=(), buckets=0), out_heads=OutputHeadsConfig(n=1)),
         ByteLMConfig(),  # auto-sized n-gram buckets
     ],
     ids=["transformer", "transformer-mlp3", "bytelm", "bytelm-attn", "bytelm-no-ngram", "default"],

@@ -29,14 +29,14 @@ buckets = 64
 [model.encoder]
 dim = 16
 n_layers = 1
-n_heads = 2
+attn_heads = 2
 window = 16
 [model.decoder]
 dim = 16
 n_layers = 0
-n_heads = 2
+attn_heads = 2
 window = 16
-[model.heads]
+[model.out_heads]
 n = 1
 [data]
 sources = ["stdlib"]  # replaced on the command line, as users do

@@ -155,7 +155,7 @@ def test_rollback_to_zero_and_all():
 
 
 def test_byte_transformer_step_and_rollback():
-    model = ByteTransformer(TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8)).eval()
+    model = ByteTransformer(TransformerConfig(dim=32, n_layers=2, attn_heads=2, window=8)).eval()
     ids = text(B=2, T=48)
     full = model(ids)
     cache = model.new_cache(2, max_len=64, max_step=12)

@@ -53,7 +53,7 @@ def boundary_positions(patcher, ids):
 
 
 def test_byte_transformer_is_causal():
-    model = ByteTransformer(TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8))
+    model = ByteTransformer(TransformerConfig(dim=32, n_layers=2, attn_heads=2, window=8))
     ids = packed_text()
     assert_causal(model, ids, [0, 3, 17, 20, 21, 30, 46])
 

@@ -18,7 +18,7 @@ def save_tiny_entropy_model(path: str | Path, context: int = 48, seed: int = 0) 
     `context` is its training seq_len, so the patcher chunks documents longer than it.
     """
     torch.manual_seed(seed)
-    tcfg = TransformerConfig(dim=32, n_layers=1, n_heads=2)
+    tcfg = TransformerConfig(dim=32, n_layers=1, attn_heads=2)
     model = ByteTransformer(tcfg)
     with torch.no_grad():  # sharpen: a random init at std 0.02 is nearly uniform everywhere
         model.unembed.weight.mul_(60.0)
