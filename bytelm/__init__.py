@@ -1,7 +1,27 @@
 """bytelm: tokenizer-free byte-level language models.
 
-from bytelm import ByteLM, ByteLMConfig, load_model
-model, cfg = load_model("runs/demo/checkpoint")
+    from bytelm import ByteLM, ByteLMConfig, load_model
+    model, cfg = load_model("runs/demo/checkpoint")
+
+Layers. Imports go one way, down this list, never back up (function-level
+imports included); a lower layer receives what it needs from a higher one as an
+argument.
+
+    cli                         every `bytelm` command and its parser (bytelm/cli/)
+    train, generate, evals,     the Trainer, decoding, bpb / compression / FLOPs /
+    demo, viz                   scaling sweeps and fits, the demo, patch pictures
+    checkpoint                  save and load; builds models: loads an entropy model,
+                                hands it to the entropy patcher, the patcher to ByteLM
+    model                       layers, ByteTransformer, ByteLM, static caches
+    patchers                    the boundary-source protocol and patch contract, fixed,
+                                space, bpe, entropy (handed its scorer, never loading it)
+    kernels                     attention, pooling, verify (reference + Triton)
+    config                      frozen dataclasses, presets (bytelm/configs/*.toml, read
+                                with importlib.resources) and every shared default
+    data, vocab                 corpora -> memory-mapped byte streams; byte ids
+
+`kernels` reads the patch contract helpers from `patchers.base`, which depends on
+nothing but `vocab`; no module of `patchers` imports `model` or `checkpoint`.
 """
 
 from bytelm.checkpoint import build_model, build_patcher, load_model, save_checkpoint

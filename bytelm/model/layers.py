@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from bytelm.config import TransformerConfig
 from bytelm.kernels.attention import MaskSpec, attention
@@ -76,18 +77,13 @@ class Attention(nn.Module):
         kv: torch.Tensor | None = None,  # (B, Tk, D_kv), defaults to x
         backend: str = "sdpa",
     ) -> torch.Tensor:
-        B, Tq, D = x.shape
         src = x if kv is None else kv
-        q = self.q(x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Tq, Dh)
-        k, v = (
-            self.kv(src)
-            .view(B, src.shape[1], 2, self.n_heads, self.head_dim)
-            .permute(2, 0, 3, 1, 4)
-        )
+        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.n_heads)  # (B, H, Tq, Dh)
+        k, v = rearrange(self.kv(src), "b t (two h d) -> two b h t d", two=2, h=self.n_heads)
         if self.rope_theta is not None:
             q, k = rope(q, spec.q_pos, self.rope_theta), rope(k, spec.k_pos, self.rope_theta)
         y = attention(q, k, v, spec, backend=backend)  # (B, H, Tq, Dh)
-        return self.out(y.transpose(1, 2).reshape(B, Tq, D))
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
     def step(
         self,
@@ -100,18 +96,17 @@ class Attention(nn.Module):
         rot: tuple[torch.Tensor, torch.Tensor] | None = None,  # rope_angles(spec.q_pos, ...)
     ) -> torch.Tensor:
         """Cached self-attention: store the new keys/values, then attend over the cache."""
-        B, n, D = x.shape
-        q = self.q(x).view(B, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, Dh)
-        k, v = self.kv(x).view(B, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n, Dh)
+        k, v = rearrange(self.kv(x), "b n (two h d) -> two b h n d", two=2, h=self.n_heads)
         if self.rope_theta is not None:
             # keys are stored rotated, at their own positions (the query positions)
             cos, sin = rot or rope_angles(spec.q_pos, self.head_dim, self.rope_theta)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rows = torch.arange(B, device=x.device)[:, None]
-        k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)  # (B, n, H, Dh)
-        v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        k_cache[rows, :, slots] = rearrange(k, "b h n d -> b n h d").to(k_cache.dtype)
+        v_cache[rows, :, slots] = rearrange(v, "b h n d -> b n h d").to(v_cache.dtype)
         y = attention(q, k_cache, v_cache, spec, backend=backend)  # (B, H, n, Dh)
-        return self.out(y.transpose(1, 2).reshape(B, n, D))
+        return self.out(rearrange(y, "b h n d -> b n (h d)"))
 
 
 class SwiGLU(nn.Module):
