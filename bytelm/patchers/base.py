@@ -21,11 +21,16 @@ import torch
 from bytelm.vocab import EOS, PAD
 
 
-def ends_to_lengths(ends: torch.Tensor, n_bytes: torch.Tensor | None = None) -> torch.Tensor:
+def ends_to_lengths(
+    ends: torch.Tensor, n_bytes: torch.Tensor | None = None, n_patches: int | None = None
+) -> torch.Tensor:
     """ends (B, T) bool -> patch_lengths (B, P), right-padded with 0.
 
     Only the first `n_bytes[b]` positions of row b are real; a trailing open
     patch (its last byte not marked as an end) still counts as a patch.
+    `n_patches` fixes P (at least the largest row's count, e.g. a bucket so that
+    shapes repeat step to step); without it P is that count, one host sync.
+    Vectorised: no loop over rows or bytes.
     """
     B, T = ends.shape
     if n_bytes is None:
@@ -34,15 +39,14 @@ def ends_to_lengths(ends: torch.Tensor, n_bytes: torch.Tensor | None = None) -> 
     real = pos[None, :] < n_bytes[:, None]
     # every real byte that ends a patch, plus the last real byte of the row
     is_end = (ends & real) | (pos[None, :] == (n_bytes[:, None] - 1))
-    counts = is_end.sum(-1)  # (B,)
-    P = int(counts.max().item()) if B > 0 else 0
-    lengths = torch.zeros(B, P, dtype=torch.long, device=ends.device)
-    for b in range(B):  # rows have different patch counts; B is small
-        end_pos = pos[is_end[b]]
-        if end_pos.numel():
-            start = torch.cat([end_pos.new_zeros(1), end_pos[:-1] + 1])
-            lengths[b, : end_pos.numel()] = end_pos - start + 1
-    return lengths
+    P = int(is_end.sum(-1).max()) if n_patches is None and B > 0 and T > 0 else n_patches or 0
+    # patch i of a row ends at its i-th end; the others go to a dump column P
+    which = torch.where(is_end, is_end.long().cumsum(-1) - 1, P)  # (B, T)
+    last = torch.full((B, P + 1), -1, dtype=torch.long, device=ends.device)
+    last.scatter_(1, which, pos.expand(B, T))  # the dump column gets an arbitrary position
+    last = last[:, :P]  # (B, P) the position that ends each patch, -1 for no patch
+    prev = torch.cat([last.new_full((B, 1), -1), last[:, :-1]], dim=1)
+    return torch.where(last >= 0, last - prev, 0)
 
 
 def lengths_to_ids(patch_lengths: torch.Tensor, T: int | None = None) -> torch.Tensor:
@@ -122,13 +126,30 @@ class Patcher(BoundarySource, Protocol):
     def patch(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, P)
 
 
-class RulePatcher:
-    """A causal patcher defined by a per-byte rule: `_rule(prev, cur, patch_len) -> bool`.
+def ends_from_fire(fire: torch.Tensor, ids: torch.Tensor, max_patch_len: int) -> torch.Tensor:
+    """Rule fires (B, T) -> ends (B, T), adding EOS ends and `max_patch_len` cuts, vectorised.
 
-    After byte t the next byte starts a new patch when the rule fires, when the
-    open patch has reached `max_patch_len`, or when byte t is EOS (patches never
-    straddle documents). Subclasses implement `_rule` on tensors, so `ends`
-    (batched) and `step` (incremental) share one definition and cannot drift.
+    For a rule that does not depend on the patch state, the forced cuts between
+    two natural ends (rule or EOS) fall every max_patch_len bytes: byte t is
+    forced when it is the (k * max_patch_len)-th byte after the last natural end.
+    """
+    B, T = ids.shape
+    natural = fire | (ids == EOS)
+    pos = torch.arange(T, device=ids.device).expand(B, T)
+    last = torch.where(natural, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    prev_end = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    return natural | ((pos - prev_end) % max_patch_len == 0)
+
+
+class RulePatcher:
+    """A causal patcher defined by a per-byte rule `_fires(prev, cur) -> bool` (elementwise).
+
+    After byte t the next byte starts a new patch when the rule fires on
+    (byte t-1, byte t), when the open patch has reached `period` bytes, or when
+    byte t is EOS (patches never straddle documents). Because the rule reads no
+    patch state, `ends` (batched) is one vectorised pass (`ends_from_fire`) and
+    `step` (incremental) applies the same `_fires` byte by byte; they cannot drift
+    (tests check `step` == `ends`).
     """
 
     name = "rule"
@@ -139,7 +160,12 @@ class RulePatcher:
             raise ValueError(f"max_patch_len must be >= 1, got {max_patch_len}")
         self.max_patch_len = max_patch_len
 
-    def _rule(self, prev: torch.Tensor, cur: torch.Tensor, patch_len: torch.Tensor) -> torch.Tensor:
+    @property
+    def period(self) -> int:
+        """A patch is cut when it reaches this many bytes."""
+        return self.max_patch_len
+
+    def _fires(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def start(self, batch: int, device: torch.device | None = None) -> PatcherState:
@@ -159,11 +185,7 @@ class RulePatcher:
         for i in range(new_ids.shape[1]):
             cur = new_ids[:, i]
             state.patch_len = state.patch_len + 1
-            end = (
-                self._rule(state.prev, cur, state.patch_len)
-                | (state.patch_len >= self.max_patch_len)
-                | (cur == EOS)
-            )
+            end = self._fires(state.prev, cur) | (state.patch_len >= self.period) | (cur == EOS)
             state.patch_len = torch.where(end, torch.zeros_like(state.patch_len), state.patch_len)
             state.prev = cur
             out.append(end)
@@ -171,7 +193,8 @@ class RulePatcher:
 
     def ends(self, byte_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t."""
-        return self.step(self.start(byte_ids.shape[0], byte_ids.device), byte_ids)
+        prev = torch.cat([torch.full_like(byte_ids[:, :1], PAD), byte_ids[:, :-1]], dim=1)
+        return ends_from_fire(self._fires(prev, byte_ids), byte_ids, self.period)
 
     def patch(self, byte_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) -> patch_lengths (B, P). PAD bytes at the end of a row are not patched."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bytelm.patchers.base import ends_from_fire
 from bytelm.vocab import BOS, EOS
 
 CALIBRATION_TOL = 0.02  # the documented promise: held-out mean within 2% of the target
@@ -51,21 +52,6 @@ def fire_rule(
     if mode == "monotonic":
         return diff > threshold
     return (H > threshold) & (diff > delta)
-
-
-def ends_from_fire(fire: torch.Tensor, ids: torch.Tensor, max_patch_len: int) -> torch.Tensor:
-    """Rule fires (B, T) -> ends (B, T), adding EOS ends and `max_patch_len` cuts, vectorised.
-
-    The entropy rule does not depend on the patch state, so between two natural
-    ends (rule or EOS) the forced cuts fall every max_patch_len bytes: byte t is
-    forced when it is the (k * max_patch_len)-th byte after the last natural end.
-    """
-    B, T = ids.shape
-    natural = fire | (ids == EOS)
-    pos = torch.arange(T, device=ids.device).expand(B, T)
-    last = torch.where(natural, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-    prev_end = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
-    return natural | ((pos - prev_end) % max_patch_len == 0)
 
 
 # ----------------------------------------------------------------------------- calibration

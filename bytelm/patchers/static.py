@@ -20,8 +20,12 @@ class FixedPatcher(RulePatcher):
         super().__init__(k if max_patch_len is None else max_patch_len)
         self.k = k
 
-    def _rule(self, prev, cur, patch_len):
-        return patch_len >= self.k
+    @property
+    def period(self) -> int:
+        return min(self.k, self.max_patch_len)
+
+    def _fires(self, prev, cur):
+        return torch.zeros_like(cur, dtype=torch.bool)  # only the period cuts
 
 
 def is_spacelike(ids: torch.Tensor) -> torch.Tensor:
@@ -49,5 +53,5 @@ class SpacePatcher(RulePatcher):
     def __init__(self, max_patch_len: int = MAX_PATCH_LEN):
         super().__init__(max_patch_len)
 
-    def _rule(self, prev, cur, patch_len):
+    def _fires(self, prev, cur):
         return is_spacelike(cur) & ~is_spacelike(prev)

@@ -114,3 +114,24 @@ def test_helpers_round_trip():
     ends[1, [0, 1, 2]] = True
     n = torch.tensor([6, 4])
     assert ends_to_lengths(ends, n).tolist() == [[3, 1, 2, 0], [1, 1, 1, 1]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(streams, min_size=1, max_size=4), ends_p=st.floats(0.0, 1.0), data=st.data())
+def test_vectorised_lengths_match_a_row_by_row_reference(rows, ends_p, data):
+    """ends_to_lengths (no loops, optional fixed P) against the plain per-row definition."""
+    T = max(map(len, rows))
+    n = torch.tensor([data.draw(st.integers(0, T)) for _ in rows])
+    g = torch.Generator().manual_seed(len(rows) * 1000 + T)
+    ends = torch.rand(len(rows), T, generator=g) < ends_p
+    want = []
+    for b in range(len(rows)):
+        cuts = [t for t in range(int(n[b])) if ends[b, t] or t == int(n[b]) - 1]
+        want.append([e - s for s, e in zip([-1, *cuts], cuts)])
+    P = max(map(len, want))
+    ref = torch.tensor([w + [0] * (P - len(w)) for w in want], dtype=torch.long).view(len(rows), P)
+    assert torch.equal(ends_to_lengths(ends, n), ref)
+    bucket = P + data.draw(st.integers(0, 5))
+    padded = ends_to_lengths(ends, n, n_patches=bucket)
+    assert padded.shape == (len(rows), bucket)
+    assert torch.equal(padded[:, :P], ref) and not padded[:, P:].any()

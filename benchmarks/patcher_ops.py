@@ -1,0 +1,100 @@
+"""Rule patchers in the training forward: the vectorised `ends` against the byte-by-byte
+`step` loop it replaced (which `ends` used to be), in tensor ops and CPU time, one run.
+
+    python -m benchmarks.patcher_ops [--batch 16] [--seq-len 256 1024]
+
+Counts every aten op dispatched (what a GPU would launch as kernels) and the
+median CPU time; the ratio is step-loop / vectorised. Also `ends_to_lengths`,
+which used to loop over rows with a host sync per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.common import write_results
+from bytelm.patchers import FixedPatcher, SpacePatcher, ends_to_lengths
+from bytelm.vocab import BOS, EOS
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops(fn) -> int:
+    with CountOps() as c:
+        fn()
+    return c.n
+
+
+def cpu_ms(fn, reps: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        fn()
+        times.append(1e3 * (time.process_time() - t0))
+    return statistics.median(times)
+
+
+def text_batch(B: int, T: int) -> torch.Tensor:
+    """Rows of words and spaces with a document boundary inside, like packed windows."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(ord("a"), ord("z") + 1, (B, T), generator=g)
+    ids[torch.rand(B, T, generator=g) < 0.18] = ord(" ")
+    ids[:, T // 2] = EOS
+    ids[:, T // 2 + 1] = BOS
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, nargs="+", default=[256, 1024])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for T in args.seq_len:
+        ids = text_batch(args.batch, T)
+        for p in (FixedPatcher(4), SpacePatcher(16)):
+            loop = lambda p=p, ids=ids: p.step(p.start(ids.shape[0]), ids)
+            vec = lambda p=p, ids=ids: p.ends(ids)
+            assert torch.equal(loop(), vec()), "vectorised ends must equal the step loop"
+            ends, t_loop, t_vec = vec(), cpu_ms(loop), cpu_ms(vec)
+            rows.append(
+                {
+                    "patcher": p.name,
+                    "B x T": f"{args.batch} x {T}",
+                    "ops: step loop": ops(loop),
+                    "ops: vectorised": ops(vec),
+                    "ms: step loop": t_loop,
+                    "ms: vectorised": t_vec,
+                    "speedup": t_loop / t_vec,
+                    "ops: ends_to_lengths": ops(lambda e=ends: ends_to_lengths(e)),
+                }
+            )
+            print(rows[-1])
+    path = write_results(
+        "patcher_ops",
+        rows,
+        "Rule patchers: vectorised ends vs the byte-by-byte step loop",
+        "Command: `python -m benchmarks.patcher_ops`. CPU time, one torch thread, median of 5; "
+        "ops = aten ops dispatched (kernel launches on a GPU). `ends_to_lengths` now runs "
+        "a fixed number of ops whatever B and T (it looped over rows before).",
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
