@@ -106,7 +106,7 @@ class Trainer:
             param_groups(self.model, tc.weight_decay),
             lr=tc.lr,
             betas=(tc.beta1, tc.beta2),
-            fused=False,
+            fused=self.acc.device.type == "cuda",  # one kernel for every parameter on GPU
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -170,11 +170,14 @@ class Trainer:
         return {"bpb": nats / (math.log(2) * max(count, 1)), "eval_bytes": int(count)}
 
     def train_step(self) -> dict:
+        """One optimizer step. Its metrics stay on the device (no host sync): `fit` reads them
+        in one transfer every `log_every` steps (`_materialize`)."""
         tc, dc = self.cfg.train, self.cfg.data
         self.model.train()
         heads = getattr(self.raw_model, "n_heads_out", 1)
         weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
-        total, per_head = 0.0, torch.zeros(heads)
+        # loss, grad norm (NaN without clipping), nats per head
+        metrics = torch.zeros(2 + heads, device=self.acc.device)
         for micro in range(tc.grad_accum):
             ids = (
                 self.corpus["train"]
@@ -197,20 +200,27 @@ class Trainer:
             with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
                 out = multi_head_loss(self.model(*args), ids, doc_ids(ids), weights)
             self.acc.backward(out.loss / tc.grad_accum)
-            total += float(out.loss.detach()) / tc.grad_accum
-            per_head += out.per_head.float().cpu() / tc.grad_accum
-        grad_norm = None
+            metrics[0] += out.loss.detach().float() / tc.grad_accum
+            metrics[2:] += out.per_head.detach().float() / tc.grad_accum
+        metrics[1] = math.nan
         if tc.grad_clip > 0:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+            metrics[1] = self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        rec = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0]}
-        rec["head_nats"] = [round(float(x), 5) for x in per_head]
-        if grad_norm is not None:
-            rec["grad_norm"] = grad_norm
-        return rec
+        return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "_metrics": metrics}
+
+    @staticmethod
+    def _materialize(recs: list[dict]) -> None:
+        """Device metrics of several steps -> floats, in one host transfer."""
+        if not recs:
+            return
+        values = torch.stack([r.pop("_metrics") for r in recs]).cpu().tolist()
+        for r, v in zip(recs, values):
+            r["loss"], r["head_nats"] = v[0], [round(x, 5) for x in v[2:]]
+            if not math.isnan(v[1]):
+                r["grad_norm"] = v[1]
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics."""
@@ -229,6 +239,7 @@ class Trainer:
         end = tc.steps if stop_after is None else min(tc.steps, self.step + stop_after)
         bytes_per_step = dc.batch_size * dc.seq_len * tc.grad_accum * self.acc.num_processes
         last_eval, t0, steps0 = None, time.perf_counter(), self.step
+        pending: list[dict] = []  # steps whose metrics are still on the device
         while self.step < end:
             rec = self.train_step()
             rate = bytes_per_step * (self.step - steps0) / (time.perf_counter() - t0)
@@ -240,14 +251,22 @@ class Trainer:
                 rec.update(last_eval, world_size=self.acc.num_processes)
                 rec["params_non_embedding"] = self.size["params_non_embedding"]
             self.history.append(rec)
-            if log is not None and (self.step % tc.log_every == 0 or "bpb" in rec):
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+            pending.append(rec)
+            saving = self.step % tc.save_every == 0 or self.step == end
+            if self.step % tc.log_every == 0 or "bpb" in rec or saving:  # the one host sync
+                self._materialize(pending)
+                for r in pending:
+                    if log is not None and (r["step"] % tc.log_every == 0 or "bpb" in r):
+                        log.write(json.dumps(r) + "\n")
+                if log is not None:
+                    log.flush()
+                pending = []
+                if bar is not None:
+                    post = {"loss": f"{rec['loss']:.3f}", "B/s": f"{rate:,.0f}"}
+                    if last_eval:
+                        post["bpb"] = f"{last_eval['bpb']:.3f}"
+                    bar.set_postfix(post, refresh=False)
             if bar is not None:
-                post = {"loss": f"{rec['loss']:.3f}", "B/s": f"{rate:,.0f}"}
-                if last_eval:
-                    post["bpb"] = f"{last_eval['bpb']:.3f}"
-                bar.set_postfix(post)
                 bar.update(1)
             if self.step % tc.save_every == 0 or self.step == tc.steps:
                 self.save()
