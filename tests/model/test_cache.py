@@ -185,3 +185,43 @@ def test_capacity_errors():
     with pytest.raises(ValueError, match="bytelm: .*max_len"):
         model.decode(torch.full((1, 3), 97), cache)
     model.decode(torch.full((1, 2), 97), cache)  # exactly full is fine
+
+
+def test_latent_runs_once_per_closed_patch(monkeypatch):
+    """Decoding steps the latent transformer only for the patches a call closes: byte by
+    byte with fixed:4 that is one latent row every 4th byte and nothing in between; a call
+    over several bytes steps its closed patches together, (B, most closed by a row). The
+    logits still equal the forward pass."""
+    model = ByteLM(tiny_bytelm_config("fixed", k=4)).eval()
+    stepped = []  # (rows, patches) of each latent step
+    step = model.latent.step
+
+    def counting_step(x, *args, **kwargs):
+        stepped.append(tuple(x.shape[:2]))
+        return step(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.latent, "step", counting_step)
+
+    ids = text(B=1, T=40)  # crosses a document boundary
+    ends = model.patcher.ends(ids)  # (1, T)
+    cache = model.new_cache(1, max_len=48, max_step=4)
+    outs = []
+    for t in range(ids.shape[1]):
+        stepped.clear()
+        outs.append(model.decode(ids[:, t : t + 1], cache))
+        assert stepped == ([(1, 1)] if ends[0, t] else []), f"byte {t}"
+    assert 8 <= int(ends.sum()) < 40, "fixed:4 closes a patch on some bytes, not all"
+    assert (torch.cat(outs, 1) - model(ids)).abs().max() < TOL
+
+    ids = text(B=2, T=64)
+    ends = model.patcher.ends(ids)  # (2, T)
+    cache = model.new_cache(2, max_len=80, max_step=12)
+    outs, most = [], 0
+    for t, n in chunks(ids.shape[1]):
+        stepped.clear()
+        outs.append(model.decode(ids[:, t : t + n], cache))
+        m = int(ends[:, t : t + n].sum(1).max())
+        assert stepped == ([(2, m)] if m else []), f"bytes {t}..{t + n}"
+        most = max(most, m)
+    assert most >= 2, "some call must close several patches in a row"
+    assert (torch.cat(outs, 1) - model(ids)).abs().max() < TOL
