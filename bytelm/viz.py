@@ -1,14 +1,11 @@
-"""`bytelm patch`: show how a text is patched, in the terminal (ANSI colours) or as a PNG plot."""
+"""How a text is patched, in the terminal (ANSI colours) or as a PNG plot; `bytelm patch` shows it."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-from bytelm import config as C
 from bytelm.vocab import BOS, EOS
 
 _BG = ("\x1b[48;5;24m", "\x1b[48;5;94m")  # two muted backgrounds, readable on dark and light
@@ -109,95 +106,3 @@ def plot_entropies(ids, H, ends, threshold, mode: str, path: str | Path, title: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_patch_parser(sub) -> None:
-    p = sub.add_parser(
-        "patch",
-        help="show how a text is patched (terminal colours, entropies, PNG plot)",
-        description="Show how a text is patched. Extra --data.* options pick the corpus used to "
-        "calibrate θ (entropy:X) or train BPE (bpe:V); default: the entropy model's own data.",
-    )
-    p.add_argument("text", nargs="?", help="the text (default: --file, or stdin)")
-    p.add_argument("--file", help="read the bytes from a file")
-    p.add_argument(
-        "--patcher",
-        default=None,
-        help="a spec: fixed:4, space, entropy:6, bpe:8k (default: entropy:4 if an entropy model exists, else space)",
-    )
-    p.add_argument(
-        "--entropy-model",
-        default=None,
-        help="entropy-model checkpoint (default: the sibling run of train.out_dir, runs/entropy/checkpoint)",
-    )
-    p.add_argument(
-        "--threshold", type=float, default=None, help="use this θ instead of calibrating entropy:X"
-    )
-    p.add_argument("--mode", default="global", choices=("global", "monotonic", "both"))
-    p.add_argument("--max-patch-len", type=int, default=C.MAX_PATCH_LEN)
-    p.add_argument(
-        "--entropies", action="store_true", help="also print the entropy after each byte"
-    )
-    p.add_argument(
-        "--plot", metavar="OUT.png", help="write an entropy plot with θ and the patch starts"
-    )
-    p.add_argument(
-        "--no-color", action="store_true", help="separate patches with '|' instead of colours"
-    )
-    p.set_defaults(fn=cmd_patch)
-
-
-def cmd_patch(args, overrides) -> int:
-    from bytelm.evals.compression import PatcherFactory, default_entropy_model, parse_spec
-    from bytelm.vocab import encode
-
-    if args.text is not None:
-        data = args.text.encode("utf-8")
-    elif args.file:
-        data = Path(args.file).read_bytes()
-    else:
-        data = sys.stdin.buffer.read()
-    have_model = Path(args.entropy_model or default_entropy_model(), "model.safetensors").is_file()
-    spec = parse_spec(args.patcher or ("entropy:4" if have_model else "space"))
-    factory = PatcherFactory(args.entropy_model, args.max_patch_len, args.mode)
-    corpus = None
-    if spec.kind == "bpe" or (spec.kind == "entropy" and args.threshold is None):
-        from bytelm.checkpoint import load_config
-        from bytelm.data import load_corpus
-
-        base = C.RunConfig().data
-        if spec.kind == "entropy":
-            base = load_config(factory.entropy_base().source).data
-        data_cfg = C.override(C.RunConfig(data=base), overrides).data
-        corpus = load_corpus(data_cfg, progress=True)
-    if spec.kind == "entropy" and args.threshold is not None:
-        from bytelm.evals.compression import _copy_entropy
-
-        patcher, theta = _copy_entropy(factory.entropy_base()), args.threshold
-        patcher.threshold = theta
-    else:
-        patcher, theta = factory.build(spec, corpus, C.CALIBRATION_BYTES)
-    ids = encode(data, bos=True, eos=False)[None]
-    lengths = patcher.patch(ids)[0]
-    lengths = lengths[lengths > 0].tolist()
-    ids_l = ids[0].tolist()
-    color = not args.no_color and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    print(render(ids_l, lengths, color=color))
-    print(
-        f"\n{spec.text}: {len(ids_l)} bytes (with BOS) in {len(lengths)} patches, {len(ids_l) / len(lengths):.2f} bytes/patch"
-        + (f", θ = {theta:.4f} bits ({patcher.mode})" if theta is not None else "")
-    )
-    if spec.kind == "entropy" and (args.entropies or args.plot):
-        H = patcher.entropies(ids)[0].tolist()
-        if args.entropies:
-            print(entropy_table(ids_l, lengths, H))
-        if args.plot:
-            ends = patcher.ends(ids)[0].tolist()
-            plot_entropies(ids_l, H, ends, theta, patcher.mode, args.plot)
-            print(f"wrote {args.plot}")
-    elif args.plot or args.entropies:
-        print("(entropies and --plot need an entropy:X patcher)")
-    return 0

@@ -90,3 +90,87 @@ def test_overrides_and_toml_round_trip(tmp_path):
     # a default lives in one place: an empty TOML gives the dataclass defaults
     (tmp_path / "empty.toml").write_text("")
     assert C.load(tmp_path / "empty.toml") == C.RunConfig()
+
+
+def test_patch_needs_the_entropy_model_it_is_given(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/entropy/checkpoint here
+    missing = str(tmp_path / "no" / "such" / "dir")
+    for patcher in ([], ["--patcher", "entropy:4"], ["--patcher", "space"]):
+        code, out, err = run(capsys, "patch", "hello world", "--entropy-model", missing, *patcher)
+        one_line_error(code, err, f"no entropy model at '{missing}'")
+        assert out == ""
+    # only without --entropy-model: the default's absence falls back to space, and says so
+    code, out, err = run(capsys, "patch", "hello world", "--no-color")
+    assert code == 0 and "space: 12 bytes" in out
+    notes = [x for x in err.splitlines() if "no entropy model" in x]
+    assert len(notes) == 1 and "patching with space" in notes[0]
+
+
+@pytest.mark.parametrize(
+    "argv, options",
+    [
+        (["sweep"], ["plan", "run"]),
+        (["sweep", "plan"], ["--budgets", "--sizes", "--rates", "--preset", "--ratio-range",
+                             "--min-ratios", "--min-spread", "--out"]),
+        (["sweep", "run"], ["--runs", "--preset", "--out-dir", "--data.sources"]),
+        (["fit"], ["--compression", "--n-boot", "--seed", "--budgets", "--plots",
+                   "--plot-prefix"]),
+    ],
+)  # fmt: skip
+def test_sweep_and_fit_help(capsys, argv, options):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: bytelm {' '.join(argv)} ")
+    for option in options:
+        assert option in out, option
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["sweep", "plan", "--rates", "2"], "required: --budgets"),
+        (["sweep", "plan", "--budgets", "1e12", "--sizes", "1e6", "--model.latent.dim", "8"],
+         "unknown option '--model.latent.dim'"),
+        (["fit", "runs.csv", "--n-boot", "many"], "invalid int value: 'many'"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["compare", "--model.latent.dim", "8"], "takes only --data.* config options"),
+        (["generate"], "required: checkpoint"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line(capsys, argv, fragment):
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, fragment)
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bytelm.cli", "sweep", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stdout.startswith("usage: bytelm sweep"), r.stderr
+
+
+def test_only_the_cli_parses_arguments():
+    """Library modules never import `bytelm.cli`, and only `bytelm.cli` builds parsers."""
+    import ast
+    from pathlib import Path
+
+    import bytelm
+
+    root = Path(bytelm.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.is_relative_to(root / "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                assert name != "argparse", f"{path} imports argparse"
+                assert not name.startswith("bytelm.cli"), f"{path} imports {name}"

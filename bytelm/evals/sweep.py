@@ -1,12 +1,11 @@
-"""Scaling sweeps from the command line: plan a grid, run it, fit it.
+"""Scaling sweeps: plan a grid, train it row by row, resumably.
 
-Each `*_main` takes an argv list and returns an exit code; the `bytelm`
-command dispatches to them. Users see one-line `bytelm: ...` errors, never
-tracebacks, for bad inputs.
+    plan_grid   budgets, sizes, rates (+ a preset's family) -> a Plan (Markdown, CSV)
+    run_sweep   grid rows + train_fn -> runs.csv, resumable row by row
+    make_train_fn   a grid row -> a real training run of a preset's family
 
-    plan_main   budgets, sizes, rates -> a Markdown grid (+ --out grid.csv)
-    run_main    grid.csv + train_fn -> runs.csv, resumable row by row
-    fit_main    runs.csv -> the fitted law, compute-optimal ratios, plots
+The `bytelm sweep plan|run` and `bytelm fit` commands (`bytelm.cli.sweep`) are
+thin wrappers over these and over `bytelm.evals.scaling`.
 
 A sweep scales one ByteLM preset along a ladder of latent transformers
 (`LATENT_LADDER`, width and depth together); the local encoder, decoder and
@@ -19,12 +18,10 @@ models included. `make_train_fn` turns a grid row into a training run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,20 +32,6 @@ import numpy as np
 from bytelm.evals import scaling as S
 
 RUN_COLUMNS = ("run_id", "N", "D", "bpp", "flops", "loss", "config")
-
-
-def _parse(parser: argparse.ArgumentParser, argv):
-    """parse_args that returns an exit code instead of exiting."""
-    try:
-        return parser.parse_args(argv), None
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return None, int(e.code or 0)
-
-
-def _fail(err: Exception) -> int:
-    """A user error: one line on stderr, exit code 2 (as `bytelm` gives every user error)."""
-    print(str(err).splitlines()[0], file=sys.stderr)
-    return 2
 
 
 # ------------------------------------------------------------ model family
@@ -261,75 +244,36 @@ def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Calla
 # --------------------------------------------------------------------- plan
 
 
-def plan_main(argv: Sequence[str] | None = None) -> int:
-    """`bytelm sweep plan`: print a run grid and how well it identifies the law."""
-    p = argparse.ArgumentParser(prog="bytelm sweep plan", description=plan_main.__doc__)
-    p.add_argument("--budgets", type=float, nargs="+", required=True, help="training FLOPs")
-    p.add_argument(
-        "--sizes",
-        type=float,
-        nargs="+",
-        action="append",
-        help="latent params N (with --preset: snapped to its family; default: the whole family); "
-        "give it once per rate to shift sizes with the rate, which the full law needs "
-        "when every rate has only 3 sizes",
-    )
-    p.add_argument("--rates", type=float, nargs="+", default=[1.0], help="bytes per patch")
-    p.add_argument(
-        "--preset",
-        help="count FLOPs with this ByteLM preset's family (local models included) "
-        "instead of 6 N D / r",
-    )
-    p.add_argument(
-        "--ratio-range",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="bytes per param kept (default: 2r to 500r)",
-    )
-    p.add_argument("--min-ratios", type=int, default=3, help="ratios per size")
-    p.add_argument("--min-spread", type=float, default=4.0, help="max/min ratio per size")
-    p.add_argument("--out", type=Path, help="write the grid as CSV")
-    args, code = _parse(p, argv)
-    if args is None:
-        return code
-    try:
-        flops, sizes = S.LATENT_FLOPS_PER_PARAM_PATCH, args.sizes or [[]]
-        if len(sizes) not in (1, len(args.rates)):
-            raise S.ScalingError(
-                f"give --sizes once, or once per rate ({len(args.rates)} times); got {len(sizes)}"
-            )
-        if args.preset:
-            from bytelm.config import load_preset
+def plan_grid(
+    budgets: Sequence[float],
+    sizes: Sequence[Sequence[float]],
+    rates: Sequence[float],
+    base=None,
+    **plan_kw,
+) -> S.Plan:
+    """A run grid over budgets x sizes x rates (`scaling.plan`, whose options plan_kw are).
 
-            base = load_preset(args.preset)
-            flops = FamilyFlops(base)
-            members = [n for n, _ in family(base)]
-            # snapped, so that every planned N is a model that exists
-            sizes = [sorted({nearest_member(base, n)[0] for n in ns}) or members for ns in sizes]
-        elif not all(sizes):
-            raise S.ScalingError("give --sizes, or --preset to plan over its family")
-        kw = dict(
-            ratio_range=tuple(args.ratio_range) if args.ratio_range else None,
-            min_ratios_per_N=args.min_ratios,
-            min_spread=args.min_spread,
-            flops=flops,
+    sizes: one list of latent params N for every rate, or one list per rate (sizes that shift
+    with the rate, which the full law needs when every rate has only 3 sizes). base: a ByteLM
+    RunConfig whose family counts the FLOPs (local models included) instead of 6 N D / r; its
+    sizes are snapped to the family, and an empty list means the whole family.
+    """
+    sizes = [list(ns) for ns in sizes] or [[]]
+    if len(sizes) not in (1, len(rates)):
+        raise S.ScalingError(
+            f"give --sizes once, or once per rate ({len(rates)} times); got {len(sizes)}"
         )
-        if len(sizes) == 1:
-            grid = S.plan(args.budgets, sizes[0], compression_rates=args.rates, **kw)
-        else:
-            parts = [
-                S.plan(args.budgets, ns, compression_rates=[r], **kw)
-                for ns, r in zip(sizes, args.rates)
-            ]
-            grid = _merge_plans(parts)
-    except ValueError as e:  # ScalingError and config errors: both start with "bytelm:"
-        return _fail(e)
-    print(grid.to_markdown())
-    if args.out:
-        grid.write_csv(args.out)
-        print(f"wrote {len(grid.rows)} runs to {args.out}")
-    return 0
+    if base is not None:
+        plan_kw["flops"] = FamilyFlops(base)
+        members = [n for n, _ in family(base)]
+        # snapped, so that every planned N is a model that exists
+        sizes = [sorted({nearest_member(base, n)[0] for n in ns}) or members for ns in sizes]
+    elif not all(sizes):
+        raise S.ScalingError("give --sizes, or --preset to plan over its family")
+    if len(sizes) == 1:
+        return S.plan(budgets, sizes[0], compression_rates=rates, **plan_kw)
+    parts = [S.plan(budgets, ns, compression_rates=[r], **plan_kw) for ns, r in zip(sizes, rates)]
+    return _merge_plans(parts)
 
 
 def _merge_plans(parts: Sequence[S.Plan], max_condition: float = 1e4) -> S.Plan:
@@ -359,7 +303,7 @@ def _merge_plans(parts: Sequence[S.Plan], max_condition: float = 1e4) -> S.Plan:
 
 
 def read_grid(path: str | Path) -> list[dict]:
-    """Rows of a grid CSV (as written by `plan_main --out`), with float N, D, bpp."""
+    """Rows of a grid CSV (as `bytelm sweep plan --out` writes), with float N, D, bpp."""
     path = Path(path)
     if not path.is_file():
         raise S.ScalingError(f"no grid file at '{path}'")
@@ -435,141 +379,3 @@ def run_sweep(grid: Sequence[dict], runs_csv: str | Path, train_fn: Callable[[di
         done.add(row["run_id"])
         trained += 1
     return trained
-
-
-def run_main(argv: Sequence[str] | None, train_fn: Callable[[dict], dict] | None = None) -> int:
-    """`bytelm sweep run GRID --runs RUNS`: train the grid's missing rows.
-
-    Without train_fn, each row trains a model of the preset's family
-    (`make_train_fn`); `--KEY VALUE` config overrides (e.g. `--data.sources
-    FILE`) apply to the preset first.
-    """
-    p = argparse.ArgumentParser(prog="bytelm sweep run", description=run_main.__doc__)
-    p.add_argument("grid", type=Path, help="grid CSV from `sweep plan --out`")
-    p.add_argument("--runs", type=Path, required=True, help="runs CSV, appended to")
-    p.add_argument("--preset", default="sweep", help="the ByteLM preset the family grows from")
-    p.add_argument("--out-dir", default="runs/sweep", help="checkpoints go to OUT_DIR/<run_id>")
-    try:
-        args, rest = p.parse_known_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    base = None
-    try:
-        if train_fn is None:
-            from bytelm.cli import _split_overrides
-            from bytelm.config import load_preset, override
-
-            base = override(load_preset(args.preset), _split_overrides(rest))
-            family(base)  # a preset that cannot be a family fails here, before any run
-            train_fn = make_train_fn(base, args.out_dir)
-        elif rest:
-            raise S.ScalingError(f"unexpected argument '{rest[0]}'")
-        grid = read_grid(args.grid)
-        for row in grid if base is not None else ():  # every rate has a patcher, before any run
-            patcher_for(base.model.patcher, row["bpp"])
-        n = run_sweep(grid, args.runs, train_fn)
-    except ValueError as e:
-        if not str(e).startswith("bytelm:"):
-            raise
-        return _fail(e)
-    except KeyboardInterrupt:
-        print(
-            f"bytelm: interrupted; finished runs are in {args.runs}, rerun to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as e:  # a crashed training run: report it, keep finished rows
-        print(
-            f"bytelm: a sweep run failed ({type(e).__name__}: {e}); rerun to resume",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"trained {n} run(s); {len(grid) - n} were already in {args.runs}")
-    return 0
-
-
-# ---------------------------------------------------------------------- fit
-
-
-def fit_main(argv: Sequence[str] | None = None) -> int:
-    """`bytelm fit RUNS`: fit the law, print compute-optimal choices.
-
-    Compute is converted to and from (N, D, r) with a model fitted to the runs'
-    own FLOPs column (`scaling.ComputeModel`), so runs that count their local
-    models' FLOPs are planned for correctly.
-    """
-    p = argparse.ArgumentParser(prog="bytelm fit", description=fit_main.__doc__)
-    p.add_argument("runs", type=Path, help="runs CSV (N, D, bpp, flops, loss)")
-    p.add_argument(
-        "--compression",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="the C r^gamma / N^delta term (auto: on with 2+ rates)",
-    )
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap refits for the CIs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--budgets",
-        type=float,
-        nargs="+",
-        help="FLOPs to report optima at (default: decades around the runs')",
-    )
-    p.add_argument("--plots", type=Path, help="write PNG plots to this directory")
-    p.add_argument("--plot-prefix", default="", help="prefix of the PNG file names")
-    args, code = _parse(p, argv)
-    if args is None:
-        return code
-    try:
-        runs = S.load_runs(args.runs)
-        comp = {"auto": None, "on": True, "off": False}[args.compression]
-        law = S.fit(runs, with_compression=comp, n_boot=args.n_boot, seed=args.seed)
-        compute = S.ComputeModel.fit(runs)
-    except S.ScalingError as e:
-        return _fail(e)
-    print(law.summary())
-    print("\nDesign diagnostics under the fitted law:\n")
-    print(S.diagnose(runs, prior=law.params))
-    if law.with_compression:  # which part of the law the design identifies
-        chin = S.design_condition(runs.N, runs.D, replace(law.params, C=0.0), runs.bpp)
-        print(f"the Chinchilla part alone (C = 0): condition number {chin.full:.3g}")
-    if law.at_bounds():  # a law on its bounds is degenerate: judge the design alone too
-        print("\nDesign diagnostics under the default prior (the design alone):\n")
-        print(S.diagnose(runs))
-
-    if args.budgets:
-        budgets = sorted(args.budgets)
-    else:
-        lo, hi = math.floor(math.log10(runs.flops.min())), math.ceil(math.log10(runs.flops.max()))
-        budgets = [10.0**e for e in range(lo, hi + 4)]
-    N, D, r = law.optimal(budgets, flops=compute)
-    print(f"\nCompute-optimal ({compute}):\n")
-    print("| C | N* | D* | bytes/param | r* | loss |\n|---|---|---|---|---|---|")
-    for c, n, d, rr in zip(budgets, N, D, r):
-        loss = float(law.predict(n, d, rr))
-        print(f"| {c:.3g} | {n:.3g} | {d:.3g} | {d / n:.3g} | {rr:.3g} | {loss:.4f} |")
-    flat = {"alpha", "delta"} if law.with_compression else {"alpha"}
-    if flat <= set(law.at_bounds()):
-        print(
-            "\nwarning: the fitted loss does not fall with N (alpha"
-            + (" and delta" if law.with_compression else "")
-            + " = 0), so N* is the search's lower bound, not an optimum: these runs are "
-            "limited by data or steps at every size"
-        )
-
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        iso = S.isoflop(runs, flops=compute)
-    if iso.n_opt:
-        print("\nIsoFLOP (parabola per budget and rate):\n")
-        print(iso.summary())
-    if caught:
-        print(f"(isoflop skipped {len(caught)} group(s) with < 3 sizes or no minimum)")
-    if args.plots:
-        plots = S.write_plots(
-            args.plots, iso if iso.groups else None, law, budgets, compute, args.plot_prefix
-        )
-        for path in plots:
-            print(f"wrote {path}")
-    return 0

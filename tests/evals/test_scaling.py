@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from bytelm.cli import sweep
 from bytelm.evals import scaling as S
-from bytelm.evals import sweep
 
 # L-BFGS-B makes many tiny LAPACK calls; a multi-threaded OpenBLAS makes them
 # ~10x slower on a busy 2-core machine. scipy (and its OpenBLAS) is imported

@@ -14,8 +14,8 @@ import pytest
 
 from bytelm import cli
 from bytelm import config as C
+from bytelm.cli import sweep
 from bytelm.evals import scaling as S
-from bytelm.evals import sweep
 from bytelm.evals.flops import flops_per_byte, param_counts
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see test_scaling.py

@@ -1,0 +1,84 @@
+"""`bytelm train`, `train-entropy`, `eval` and `demo`: the commands that train or score a model."""
+
+from __future__ import annotations
+
+from bytelm.cli.common import ALL_KEYS, add_command, add_config_source, default_of, resolve_config
+from bytelm.evals.bpb import bpb_of_checkpoint
+
+
+def cmd_train(args, overrides) -> int:
+    from bytelm.train import Trainer
+
+    preset = args.preset or args.default_preset
+    cfg = resolve_config(None if args.config else preset, args.config, overrides)
+    trainer = Trainer(cfg)
+    last = trainer.fit(resume=args.resume)
+    if trainer.acc.is_main_process:
+        print(
+            f"step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
+            f"held-out bpb {last.get('bpb', float('nan')):.4f}; checkpoint in {cfg.train.out_dir}/checkpoint"
+        )
+    return 0
+
+
+def cmd_eval(args, overrides) -> int:
+    if args.target_bytes_per_patch:  # turn the compression knob of an entropy-patched model
+        from bytelm.evals.compression import eval_at_target
+
+        r = eval_at_target(args.checkpoint, args.target_bytes_per_patch, args.data or None,
+                           args.max_bytes or None, args.batch_size)  # fmt: skip
+        print(
+            f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes at "
+            f"θ = {r['threshold']:.4f} ({r['calibrated_bytes_per_patch']:.2f} bytes/patch "
+            f"calibrated, {r['eval_bytes_per_patch']:.2f} in the eval windows; trained at "
+            f"{r['trained_target']:g})"
+        )
+        return 0
+    r = bpb_of_checkpoint(
+        args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
+    )
+    print(f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes")
+    return 0
+
+
+def cmd_demo(args, overrides) -> int:
+    from bytelm.demo import run_demo
+
+    cfg = resolve_config(args.preset or "demo", args.config, overrides)
+    return run_demo(cfg)
+
+
+def add_parsers(sub) -> None:
+    for name, preset, help in (
+        ("train", None, "train a model (ByteLM or the plain ByteTransformer)"),
+        ("train-entropy", "entropy", "train the entropy patcher's byte LM (preset 'entropy')"),
+    ):
+        p = add_command(sub, name, cmd_train, help, config_keys=ALL_KEYS)
+        add_config_source(p)
+        p.add_argument(
+            "--resume", action="store_true", help="continue from OUT_DIR/checkpoint if it exists"
+        )
+        p.set_defaults(default_preset=preset)
+
+    p = add_command(sub, "eval", cmd_eval, "held-out bits-per-byte of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory")
+    p.add_argument("--data", nargs="*", help="corpus sources (default: the checkpoint's own)")
+    p.add_argument(
+        "--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)"
+    )
+    p.add_argument("--batch-size", type=int, default=default_of(bpb_of_checkpoint, "batch_size"))
+    p.add_argument(
+        "--target-bytes-per-patch",
+        type=float,
+        default=0,
+        help="entropy patcher: re-calibrate θ to this mean patch size on the held-out split first",
+    )
+
+    p = add_command(
+        sub,
+        "demo",
+        cmd_demo,
+        "train a small ByteLM on the stdlib corpus and compare it with gzip and xz",
+        config_keys=ALL_KEYS,
+    )
+    add_config_source(p)
