@@ -48,9 +48,9 @@ class _StepMask(MaskSpec):
 class KVCache:
     """Keys and values of one stack, all layers, with one extra dump slot.
 
-    k, v: (L, B, H, S + 1, Dh); slot S is a dump for masked writes (latent
-    candidates that did not close a patch). pos, doc: (B, S + 1) the position
-    and document of each slot; doc -1 marks an empty slot, which no query reads.
+    k, v: (L, B, H, S + 1, Dh); slot S is a dump for masked writes (the padding
+    of a latent step). pos, doc: (B, S + 1) the position and document of each
+    slot; doc -1 marks an empty slot, which no query reads.
     """
 
     k: torch.Tensor
@@ -99,6 +99,31 @@ class KVCache:
         self.pos.scatter_(1, slots, pos)
         self.doc.scatter_(1, slots, doc)
         return slots, _StepMask(q_doc, self.doc, pos, self.pos, causal=True, window=self.window)
+
+    def prefix(self, n: int) -> KVCache:
+        """The first n slots as a cache of size n whose dump slot is slot n (views, written in
+        place), so attention reads n + 1 slots, not all. For a cache without a window (slot =
+        position) while every position stored or about to be written lies below n: position
+        n is then written before any query reads it, so slot n may serve as the dump.
+        Otherwise the cache itself."""
+        if self.window or n >= self.size:
+            return self
+        k, v = self.k[..., : n + 1, :], self.v[..., : n + 1, :]
+        return KVCache(k, v, self.pos[:, : n + 1], self.doc[:, : n + 1], self.window)
+
+    def take(self, rows: torch.Tensor) -> KVCache:
+        """A copy of rows (B',) of this cache, to step a few rows alone; `put` writes back."""
+        return KVCache(
+            self.k[:, rows], self.v[:, rows], self.pos[rows], self.doc[rows], self.window
+        )
+
+    def put(self, rows: torch.Tensor, part: KVCache, slots: torch.Tensor) -> None:
+        """Write slots (B', n) of part = self.take(rows), stepped since, back into rows (B',)."""
+        r, R = torch.arange(len(rows), device=rows.device)[:, None], rows[:, None]
+        self.k[:, R, :, slots] = part.k[:, r, :, slots]  # (B', n, L, H, Dh)
+        self.v[:, R, :, slots] = part.v[:, r, :, slots]
+        self.pos[R, slots] = part.pos[r, slots]
+        self.doc[R, slots] = part.doc[r, slots]
 
     def live(self, length: torch.Tensor, span: int) -> dict[str, torch.Tensor]:
         """What a query at position `length` (B,) could read: the slots of positions

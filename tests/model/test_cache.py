@@ -15,6 +15,7 @@ import torch
 from bytelm.checkpoint import build_patcher
 from bytelm.config import PatcherConfig, TransformerConfig
 from bytelm.model import ByteLM, ByteTransformer
+from bytelm.model.bytelm import COMPACT_ROWS
 from bytelm.vocab import BOS, EOS, PAD
 from tests.conftest import tiny_bytelm_config
 
@@ -189,16 +190,18 @@ def test_capacity_errors():
 
 def test_latent_runs_once_per_closed_patch(monkeypatch):
     """Decoding steps the latent transformer only for the patches a call closes: byte by
-    byte with fixed:4 that is one latent row every 4th byte and nothing in between; a call
-    over several bytes steps its closed patches together, (B, most closed by a row). The
-    logits still equal the forward pass."""
+    byte with fixed:4 that is one latent row every 4th byte and nothing in between, reading
+    only the slots of the patches closed so far; a call over several bytes steps its closed
+    patches together, (B, most closed by a row); when at most 1/COMPACT_ROWS of the rows close
+    a patch, only those rows are stepped. The logits still equal the forward pass."""
     model = ByteLM(tiny_bytelm_config("fixed", k=4)).eval()
-    stepped = []  # (rows, patches) of each latent step
+    stepped, slots = [], []  # (rows, patches) of each latent step; the KV slots it reads
     step = model.latent.step
 
-    def counting_step(x, *args, **kwargs):
+    def counting_step(x, kv, *args, **kwargs):
         stepped.append(tuple(x.shape[:2]))
-        return step(x, *args, **kwargs)
+        slots.append(kv.size)
+        return step(x, kv, *args, **kwargs)
 
     monkeypatch.setattr(model.latent, "step", counting_step)
 
@@ -210,6 +213,8 @@ def test_latent_runs_once_per_closed_patch(monkeypatch):
         stepped.clear()
         outs.append(model.decode(ids[:, t : t + 1], cache))
         assert stepped == ([(1, 1)] if ends[0, t] else []), f"byte {t}"
+        if ends[0, t]:  # attention reads the slots of the patches closed so far, not all
+            assert slots[-1] == int(ends[0, : t + 1].sum()) < cache.lat.size, f"byte {t}"
     assert 8 <= int(ends.sum()) < 40, "fixed:4 closes a patch on some bytes, not all"
     assert (torch.cat(outs, 1) - model(ids)).abs().max() < TOL
 
@@ -225,3 +230,25 @@ def test_latent_runs_once_per_closed_patch(monkeypatch):
         most = max(most, m)
     assert most >= 2, "some call must close several patches in a row"
     assert (torch.cat(outs, 1) - model(ids)).abs().max() < TOL
+
+    # 8 rows at different patch phases (ragged prompts): when few rows close a patch, only
+    # those are stepped, their latent KV rows taken out and put back
+    ids = text(B=8, T=40, seed=2)
+    ends = model.patcher.ends(ids)  # (8, T)
+    lengths = torch.arange(9, 17)
+    cache = model.new_cache(8, max_len=48, max_step=16)
+    model.prefill(
+        torch.where(torch.arange(40) < lengths[:, None], ids, PAD)[:, :16], cache, lengths
+    )
+    rows, outs, few = torch.arange(8), [], 0
+    for t in range(20):
+        stepped.clear()
+        outs.append(model.decode(ids[rows, lengths + t][:, None], cache))
+        b = int(ends[rows, lengths + t].sum())  # rows closing a patch
+        few += 0 < b * COMPACT_ROWS <= 8
+        assert stepped == ([(b, 1)] if 0 < b * COMPACT_ROWS <= 8 else [(8, 1)] if b else [])
+    assert few >= 10, "fixed:4 over 8 phases: mostly two rows close a patch per step"
+    out = torch.cat(outs, 1)  # (8, 20, K, V)
+    for r in range(8):
+        ref = model(ids[r : r + 1, : lengths[r] + 20])[0, lengths[r] :]
+        assert (out[r] - ref).abs().max() < TOL, f"row {r}"
