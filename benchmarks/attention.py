@@ -76,17 +76,14 @@ def runner(backend: str, which: str, q, k, v, spec: MaskSpec, g):
     return lambda: torch.autograd.grad(attention(q, k, v, spec, backend=backend), (q, k, v), g)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="small shapes (the CPU setting)")
-    ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args(argv)
+def run(
+    device: torch.device, quick: bool = False, reps: int = 20, deadline: float | None = None
+) -> tuple[list[dict], str]:
+    """Check and time every backend on the three masks -> (rows, notes). Stops before the
+    next mask once past `deadline` (a `time.monotonic()` value; None = run everything)."""
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    if args.quick:
+    if quick:
         B, T, H, Dh, doc_len, window = 2, 512, 4, 32, 200, 64
     else:
         B, T, H, Dh, doc_len, window = 8, 8192, 8, 64, 2000, 512
@@ -97,6 +94,8 @@ def main(argv=None):
 
     rows = []
     for name, spec in specs(B, T, doc_len, 4, window, device).items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
         Tq, Tk = spec.q_seg.shape[1], spec.k_seg.shape[1]
         q, k, v = (
             torch.randn(B, H, n, Dh, generator=gen).to(device, dtype).requires_grad_(cuda)
@@ -116,7 +115,7 @@ def main(argv=None):
             first_ms = 1e3 * (time.perf_counter() - t0)
             err = float((out.float() - ref).abs().max())
             for p in passes:
-                ms = median_ms(runner(backend, p, q, k, v, spec, g), device, args.reps)
+                ms = median_ms(runner(backend, p, q, k, v, spec, g), device, reps)
                 base.setdefault(p, ms)  # sdpa runs first
                 rows.append(
                     {"mask": name, "Tq": Tq, "Tk": Tk, "backend": backend, "pass": p,
@@ -125,13 +124,25 @@ def main(argv=None):
                 )  # fmt: skip
                 print(rows[-1])
 
-    tag = device.type + ("-quick" if args.quick else "")
     notes = (
         f"B={B}, T={T} bytes, H={H}, Dh={Dh}, {dtype}, documents of ~{doc_len} bytes, "
-        f"patches of ~4 bytes, window {window}; median of {args.reps} runs. "
+        f"patches of ~4 bytes, window {window}; median of {reps} runs. "
         "`first call ms` includes building the block mask / plan (and compiling, on the first "
         "shape). `max abs diff` is against sdpa on the same inputs."
     )
+    return rows, notes
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small shapes (the CPU setting)")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows, notes = run(device, args.quick, args.reps)
+    tag = device.type + ("-quick" if args.quick else "")
     path = write_results(f"attention-{tag}", rows, "Attention backends on ByteLM masks", notes)
     print(f"wrote {path}")
 

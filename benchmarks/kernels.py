@@ -25,6 +25,7 @@ import datetime
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -126,7 +127,9 @@ def time_op(rows, meta, impls, inputs, ref_name, nbytes, args, device):
             )
 
 
-def run_pooling(rows, args, device, use_triton):
+def run_pooling(rows, args, device, use_triton, deadline=None):
+    """Append pooling and unpooling rows; stop before a new (D, mean_len) once past `deadline`
+    (a `time.monotonic()` value; None = run everything)."""
     B, T = (4, 1024) if args.quick else (16, 4096)  # B*T = 4k or 64k bytes
     dims = (256,) if args.quick else (256, 512, 1024)
     lens = (2, 8) if args.quick else (2, 4, 8)
@@ -135,6 +138,8 @@ def run_pooling(rows, args, device, use_triton):
     gen = torch.Generator().manual_seed(0)
     for D in dims:
         for mean_len in lens:
+            if deadline is not None and time.monotonic() > deadline:
+                return
             pl = make_patch_lengths(B, T, mean_len, gen).to(device)
             P = pl.shape[1]
             x = torch.randn(B, T, D, generator=gen).to(dtype).to(device)
@@ -209,6 +214,24 @@ def run_verify(rows, args, device, use_triton):
                 )
 
 
+def run(
+    device: torch.device,
+    quick: bool = False,
+    reps: int | None = None,
+    peak_gbps: float = 3350.0,
+    deadline: float | None = None,
+) -> list[dict]:
+    """Every benchmark row (FIELDS) on `device`: verify first (it is quick), then pooling and
+    unpooling until `deadline` (a `time.monotonic()` value). Triton runs only on CUDA."""
+    args = argparse.Namespace(quick=quick, reps=reps or (5 if quick else 50), peak_gbps=peak_gbps)
+    use_triton = device.type == "cuda"
+    verify_rows: list[dict] = []
+    run_verify(verify_rows, args, device, use_triton)
+    rows: list[dict] = []
+    run_pooling(rows, args, device, use_triton, deadline)
+    return rows + verify_rows
+
+
 def markdown(rows, header: str) -> str:
     lines = [header, "", "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
     lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
@@ -225,16 +248,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 50)
     device = torch.device(args.device)
-    use_triton = device.type == "cuda"
     name = machine(device)
     note = ""
-    if not use_triton:
+    if device.type != "cuda":
         note = "Triton GPU numbers are not measured: no CUDA device (reference vs PyTorch only)."
         print(note)
 
-    rows: list[dict] = []
-    run_pooling(rows, args, device, use_triton)
-    run_verify(rows, args, device, use_triton)
+    rows = run(device, args.quick, args.reps, args.peak_gbps)
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = (
