@@ -32,24 +32,34 @@ def auto_buckets(dim: int) -> int:
 def ngram_hashes(
     ids: torch.Tensor, docs: torch.Tensor, ns: tuple[int, ...], buckets: int
 ) -> torch.Tensor:
-    """ids, docs (B, T) -> bucket indices (B, T, len(ns)), each in [0, buckets)."""
+    """ids, docs (B, T) -> bucket indices (B, T, len(ns)), each in [0, buckets).
+
+    h_n(t) = sum_{s < n} (back_s(t) + 1) * BASE^s  (mod 2^31 - 1), where back_s(t) is the
+    byte s positions back, or PAD outside the window or the document; then mixed into
+    buckets. All n at once from one (B, T, max n) window of back bytes: a fixed number
+    of tensor ops whatever the n-gram orders (each term < 2^40, so a sum of up to 16
+    stays exact in int64 before the modulus).
+    """
     B, T = ids.shape
-    h = torch.zeros_like(ids)
-    power = 1
-    out = {}
-    for s in range(max(ns)):
-        # the byte s positions back, or PAD when it is outside the window or the document
-        if s == 0:
-            back = ids
-        else:
-            back = torch.full_like(ids, PAD)
-            same = docs[:, s:] == docs[:, :-s]
-            back[:, s:] = torch.where(same, ids[:, :-s], torch.full_like(ids[:, s:], PAD))
-        h = (h + (back + 1) * power) % _MOD
-        power = (power * _BASE) % _MOD
-        if s + 1 in ns:
-            out[s + 1] = ((h * _MIX + s + 1) % (1 << 32)) % buckets
-    return torch.stack([out[n] for n in ns], dim=-1)
+    S = max(ns)
+    back = F.pad(ids, (S - 1, 0), value=PAD).unfold(1, S, 1).flip(-1)  # (B, T, S): s back
+    back_docs = F.pad(docs, (S - 1, 0)).unfold(1, S, 1).flip(-1)  # (B, T, S)
+    s = torch.arange(S, device=ids.device)
+    inside = torch.arange(T, device=ids.device)[:, None] >= s  # (T, S) t - s is in the window
+    back = torch.where(inside & (back_docs == docs[..., None]), back, PAD)
+    h = ((back + 1) * _powers(S, ids.device)).cumsum(-1) % _MOD  # (B, T, S): h_{s+1}
+    h = h.index_select(-1, torch.tensor(ns, device=ids.device) - 1)  # (B, T, len(ns))
+    n = torch.tensor(ns, device=ids.device)
+    return ((h * _MIX + n) % (1 << 32)) % buckets
+
+
+def _powers(S: int, device) -> torch.Tensor:
+    """BASE^s mod MOD for s < S, as int64 (S,)."""
+    p, out = 1, []
+    for _ in range(S):
+        out.append(p)
+        p = (p * _BASE) % _MOD
+    return torch.tensor(out, dtype=torch.long, device=device)
 
 
 class ByteEmbedding(nn.Module):
