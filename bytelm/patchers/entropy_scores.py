@@ -51,6 +51,16 @@ def _entropy_bits(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _forward_padded(model, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Entropies in bits (fp32, not rounded) of right-padded pieces x (n, T), each its own
+    context at positions 0..T-1; seg (n, T) is 0 on a piece and 1 on its padding."""
+    n, T = x.shape
+    pos = torch.arange(T, device=x.device).expand(n, T)
+    h = model.stack(model.embed(x), seg, pos, model.attn_backend)  # (n, T, D)
+    return _entropy_bits(model.unembed(model.norm(h)))  # (n, T)
+
+
+@torch.no_grad()
 def _forward_pieces(model, pieces: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
     """Entropies (fp16-rounded, fp32) at every position of each 1-D id sequence, each its own context.
 
@@ -70,10 +80,7 @@ def _forward_pieces(model, pieces: list[torch.Tensor], rows: int) -> list[torch.
             for row, j in enumerate(idx):
                 x[row, : len(pieces[j])] = pieces[j]
                 seg[row, : len(pieces[j])] = 0
-            x, seg = x.to(device), seg.to(device)
-            pos = torch.arange(T, device=device).expand(len(idx), T)
-            h = model.stack(model.embed(x), seg, pos, model.attn_backend)  # (n, T, D)
-            H = _entropy_bits(model.unembed(model.norm(h))).half().float().cpu()  # (n, T)
+            H = _forward_padded(model, x.to(device), seg.to(device)).half().float().cpu()
             for row, j in enumerate(idx):
                 out[j] = H[row, : len(pieces[j])]
     return out  # type: ignore[return-value]

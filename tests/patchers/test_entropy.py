@@ -262,3 +262,111 @@ def test_training_calibrates_caches_and_bundles_the_entropy_model(corpus, tmp_pa
     assert Path(load_config(ckpt).model.patcher.entropy_model) == ckpt / "entropy_model"
     ids = torch.from_numpy(corpus["heldout"].window(0, 64))[None]
     assert model.patcher.ends(ids).any()
+
+
+def ragged_rows(seed: int = 0) -> tuple[list[list[int]], torch.Tensor]:
+    """Rows of different lengths that cross chunk boundaries at different bytes: a document
+    from the row start, one from a BOS at byte 60, a BOS at byte 112 after an EOS, random
+    bytes."""
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randint(0, 256, (200,), generator=g).tolist()
+    rows = [
+        [BOS, *text_ids(199, seed=seed)],
+        [*text_ids(59, seed=seed + 1), BOS, *text_ids(71, seed=seed + 2)],
+        [BOS, *text_ids(110, seed=seed + 3), EOS, BOS, *rand[:45]],
+        rand[:160],
+    ]
+    T = max(len(r) for r in rows)
+    return rows, torch.tensor([r + [PAD] * (T - len(r)) for r in rows])
+
+
+def count_model_calls(monkeypatch, model) -> list[int]:
+    """Counts the entropy model's forwards: cached steps and prefills, and batched forwards."""
+    calls = [0]
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            calls[0] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(model, "step", counted(model.step))
+    monkeypatch.setattr(model.stack, "forward", counted(model.stack.forward))
+    return calls
+
+
+def test_step_is_batched_over_rows_and_bytes(patcher, monkeypatch):
+    """A prompt in one (B, 100) call, then uneven calls (1, 3, 7, ... bytes): every row's
+    ends equal `ends`, while rows cross chunk boundaries (every S bytes past L) and BOS at
+    different calls, and each call runs the entropy model at most 3 times, never per row
+    or per byte: once per call (one cached step) when no row starts a chunk."""
+    p = EntropyPatcher(
+        patcher.model, patcher.context, "both", threshold=1.2, max_patch_len=6, delta=0.2
+    )
+    L, O = p.context, p.overlap
+    rows, ids = ragged_rows()
+    ends = p.ends(ids)
+    chunk_starts = torch.zeros(ids.shape, dtype=torch.bool)  # where a row starts a chunk
+    for b, row in enumerate(ids.tolist()):  # the PAD after a short row is fed too
+        r = -1
+        for t, c in enumerate(row):
+            r = 0 if c == BOS else r + 1
+            chunk_starts[b, t] = r == 0 or (r >= L and (r - O) % (L - O) == 0)
+    calls = count_model_calls(monkeypatch, p.model)
+    state, out, t, i = p.start(len(rows)), [], 0, 0
+    sizes = [100, 1, 3, 7, 1, 12, 2, 5, 11, 1, 1, 30, 4]
+    one_call, restarts = 0, 0
+    while t < ids.shape[1]:
+        n = min(sizes[i % len(sizes)], ids.shape[1] - t)
+        before = calls[0]
+        out.append(p.step(state, ids[:, t : t + n]))
+        starts = bool(chunk_starts[:, t : t + n].any())
+        assert 1 <= calls[0] - before <= (3 if starts else 1), (t, n)
+        one_call += not starts
+        restarts += starts and t > 0
+        t, i = t + n, i + 1
+    stepped = torch.cat(out, 1)
+    for b, r in enumerate(rows):
+        assert torch.equal(stepped[b, : len(r)], ends[b, : len(r)]), b
+    assert restarts >= 4 and one_call >= 6
+    assert ends.any() and not ends.all()
+
+
+def test_replay_across_chunk_starts_keeps_snapshots_intact(patcher):
+    """Speculative rollback (`replay_patcher`) from a snapshot taken before calls in which
+    rows start chunks: the replayed state continues like a run that saw only the kept
+    bytes, and the snapshot, replayed again, still does (its storage was not overwritten).
+    `step(snapshot, ids, n_valid=keep)` is the same replay in one call."""
+    from bytelm.model.cache import replay_patcher
+
+    p = EntropyPatcher(patcher.model, patcher.context, "global", threshold=1.2, max_patch_len=6)
+    rows, ids = ragged_rows(seed=4)
+    ids, B = ids[:, :150], len(rows)
+    state = p.start(B)
+    p.step(state, ids[:, :40])
+    g = torch.Generator().manual_seed(0)
+    kept = [ids[b, :40].tolist() for b in range(B)]
+    t = torch.full((B,), 40)
+    while int(t.min()) < 130:
+        feed = torch.stack([ids[b, t[b] : t[b] + 9] for b in range(B)])
+        feed[:, 6:] = torch.randint(0, 256, (B, 3), generator=g)  # rejected drafts
+        keep = torch.randint(1, 7, (B,), generator=g)
+        snap = state.clone()
+        p.step(state, feed)
+        state = replay_patcher(p, snap, feed, keep)
+        again = replay_patcher(p, snap, feed, keep)  # the snapshot is still intact
+        once = snap.clone()
+        p.step(once, feed, n_valid=keep)
+        for k in ("r", "history"):
+            assert torch.equal(once.extra[k], state.extra[k]), k
+        assert torch.equal(once.patch_len, state.patch_len) and torch.equal(once.prev, state.prev)
+        assert torch.equal(once.extra["kv"].cache.length, state.extra["kv"].cache.length)
+        for b in range(B):
+            kept[b] += feed[b, : keep[b]].tolist()
+        t += keep
+        tail = torch.tensor([[ord("x"), ord(" "), 40, 41]] * B)
+        got = [p.step(s, tail) for s in (state.clone(), again, once)]
+        for b in range(B):
+            ref = p.ends(torch.tensor([kept[b] + tail[b].tolist()]))[0, -4:]
+            assert all(torch.equal(x[b], ref) for x in got), (b, int(t[b]))
