@@ -153,44 +153,10 @@ def snapshot_state(state):
     return state.clone()
 
 
-def select_state(mask: torch.Tensor, a, b):
-    """Row-wise merge of two patcher states: row r of the result is a's where mask[r], else b's.
-
-    Tensors and lists must have one entry per row; values with a `select(mask,
-    other)` method merge through it; anything else must be equal in both.
-    """
-    rows = mask.tolist() if any(isinstance(v, list) for v in a.extra.values()) else None
-
-    def pick(x, y):
-        if isinstance(x, torch.Tensor):
-            m = mask.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-            return torch.where(m, x, y)
-        if isinstance(x, list):
-            assert len(x) == len(rows), "a list in a patcher state must hold one entry per row"
-            return [xi if r else yi for xi, yi, r in zip(x, y, rows)]
-        if hasattr(x, "select"):
-            return x.select(mask, y)
-        assert x is y or x == y, "patcher state values must be tensors, per-row lists or equal"
-        return x
-
-    return dataclasses.replace(
-        a,
-        **{
-            f.name: pick(getattr(a, f.name), getattr(b, f.name))
-            for f in dataclasses.fields(a)
-            if f.name != "extra"
-        },
-        extra={k: pick(v, b.extra[k]) for k, v in a.extra.items()},
-    )
-
-
 def replay_patcher(patcher, start: PatcherState, ids: torch.Tensor, keep: torch.Tensor):
     """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n)."""
     state = snapshot_state(start)
-    for i in range(int(keep.max()) if keep.numel() else 0):  # columns no row keeps are skipped
-        nxt = snapshot_state(state)
-        patcher.step(nxt, ids[:, i : i + 1])
-        state = select_state(keep > i, nxt, state)
+    patcher.step(state, ids, n_valid=keep)  # every boundary source takes a ragged block
     return state
 
 

@@ -117,7 +117,9 @@ class BoundarySource(Protocol):
 
     def start(self, batch: int, device: torch.device | None = None) -> PatcherState: ...
 
-    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor: ...  # (B, n)
+    def step(
+        self, state: PatcherState, new_ids: torch.Tensor, n_valid: torch.Tensor | None = None
+    ) -> torch.Tensor: ...  # (B, n) -> (B, n); row r takes only its first n_valid[r] bytes
 
 
 class Patcher(BoundarySource, Protocol):
@@ -174,20 +176,25 @@ class RulePatcher:
             prev=torch.full((batch,), PAD, dtype=torch.long, device=device),
         )
 
-    def step(self, state: PatcherState, new_ids: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, state: PatcherState, new_ids: torch.Tensor, n_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Feed one byte per row (B,) or several (B, n); mutates `state`.
 
-        Returns, per fed byte, whether the *next* byte starts a new patch.
+        Returns, per fed byte, whether the *next* byte starts a new patch. With
+        `n_valid` (B,), row r takes only its first n_valid[r] bytes (the state
+        ignores the rest; their outputs are False): a rollback's replay in one call.
         """
         if new_ids.dim() == 1:
-            return self.step(state, new_ids[:, None])[:, 0]
+            return self.step(state, new_ids[:, None], n_valid)[:, 0]
         out = []
         for i in range(new_ids.shape[1]):
             cur = new_ids[:, i]
-            state.patch_len = state.patch_len + 1
-            end = self._fires(state.prev, cur) | (state.patch_len >= self.period) | (cur == EOS)
-            state.patch_len = torch.where(end, torch.zeros_like(state.patch_len), state.patch_len)
-            state.prev = cur
+            take = torch.ones_like(cur, dtype=torch.bool) if n_valid is None else n_valid > i
+            n = state.patch_len + 1
+            end = (self._fires(state.prev, cur) | (n >= self.period) | (cur == EOS)) & take
+            state.patch_len = torch.where(end, 0, torch.where(take, n, state.patch_len))
+            state.prev = torch.where(take, cur, state.prev)
             out.append(end)
         return torch.stack(out, dim=1)
 

@@ -135,3 +135,21 @@ def test_vectorised_lengths_match_a_row_by_row_reference(rows, ends_p, data):
     padded = ends_to_lengths(ends, n, n_patches=bucket)
     assert padded.shape == (len(rows), bucket)
     assert torch.equal(padded[:, :P], ref) and not padded[:, P:].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(streams, min_size=2, max_size=4), patcher=patchers, data=st.data())
+def test_ragged_step_equals_feeding_each_row_its_prefix(rows, patcher, data):
+    """step(..., n_valid=keep): row r takes its first keep[r] bytes, as if fed alone."""
+    T = min(map(len, rows))
+    ids = torch.tensor([r[:T] for r in rows])
+    keep = torch.tensor([data.draw(st.integers(0, T)) for _ in rows])
+    state = patcher.start(len(rows))
+    ends = patcher.step(state, ids, n_valid=keep)
+    for b, k in enumerate(keep.tolist()):
+        alone = patcher.start(1)
+        want = patcher.step(alone, ids[b : b + 1, :k]) if k else torch.zeros(1, 0, dtype=bool)
+        assert torch.equal(ends[b, :k], want[0])
+        assert not ends[b, k:].any()
+        assert int(state.patch_len[b]) == int(alone.patch_len[0])
+        assert int(state.prev[b]) == int(alone.prev[0])
