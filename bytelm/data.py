@@ -15,6 +15,11 @@ concatenation over documents of [BOS] + bytes + [EOS], of length
 n_bytes + 2 * n_docs. Training windows are uniform random slices of it, drawn as
 a pure function of (seed, step), so a resumed run continues the same data order
 from nothing but its step. Held-out windows tile the stream in order.
+
+Documents are named by where their file is, never by how a source was typed
+(see "sources -> files -> documents"), so `data/`, `/abs/data` and `./data`
+give the same train/held-out split. Exact duplicates (identical bytes) are kept
+once, before the split, so no held-out document is also a training document.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import glob
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -39,7 +45,11 @@ import torch
 
 from bytelm.vocab import BOS, EOS, PAD
 
-CACHE_FORMAT = 1  # bump when the on-disk layout or the encoding rules change
+logger = logging.getLogger("bytelm")
+
+# bump when the on-disk layout or the encoding rules change. 2: documents named by where
+# their file is, not by how the source was typed; exact duplicates dropped
+CACHE_FORMAT = 2
 SPLITS = ("train", "heldout")
 _CHUNK = 4 << 20  # whole-file documents are copied in 4 MiB chunks, never read whole
 
@@ -86,6 +96,17 @@ class DataConfig:
 
 # -----------------------------------------------------------------------------
 # sources -> files -> documents
+#
+# A document is named (and hash-split) by where its file sits, never by how the
+# source was typed: relative or absolute, `./` or a trailing slash, the current
+# directory and symlinks in the source all give the same names. A source has a
+# root: a directory source is its own root, a glob's root is its leading
+# non-magic directory, a plain file's root is the directory it is in. A file is
+# named `<root's real basename>/<its path under the root>`, POSIX separators:
+# `docs`, `/abs/docs/`, `./docs`, a symlink to docs, `docs/*.txt` and
+# `docs/one.txt` all name that file `docs/one.txt`. If two different files get
+# the same name (`a/data/x.txt` and `b/data/x.txt`), each is named by one more
+# directory of its root's real path, until the names differ.
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,20 @@ class _File:
         return self.path.removesuffix(".gz").endswith(".jsonl")
 
 
-def _stdlib_files() -> Iterator[tuple[str, str]]:
+@dataclass(frozen=True)
+class _Found:
+    """A file a source stands for, before its name is fixed."""
+
+    root: tuple[str, ...]  # the directories of the root's real path, outermost first
+    rel: str  # the file's path under the root (POSIX), or a built-in corpus's full name
+    path: str
+
+    def name(self, depth: int) -> str:
+        """The name with the last `depth` directories of the root in front of `rel`."""
+        return "/".join(self.root[len(self.root) - depth :] + (self.rel,))
+
+
+def _stdlib_files() -> Iterator[_Found]:
     root = sysconfig.get_paths()["stdlib"]
     for dirpath, dirnames, filenames in os.walk(root):
         # third-party packages live under the stdlib dir on many installs; they are not stdlib
@@ -109,53 +143,108 @@ def _stdlib_files() -> Iterator[tuple[str, str]]:
         for f in filenames:
             if f.endswith(".py"):
                 path = os.path.join(dirpath, f)
-                yield "stdlib:" + Path(os.path.relpath(path, root)).as_posix(), path
+                yield _Found((), "stdlib:" + Path(os.path.relpath(path, root)).as_posix(), path)
 
 
 BUILTIN_CORPORA = {"stdlib": _stdlib_files}
 
 
-def _walk_dir(root: str) -> Iterator[tuple[str, str]]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def _real_parts(directory: str) -> tuple[str, ...]:
+    return Path(os.path.realpath(directory)).parts[1:]  # without the anchor ("/")
+
+
+def _under(root: str, path: str) -> str:
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+
+
+def _plain_file(path: str) -> _Found:
+    real = os.path.realpath(path)
+    return _Found(_real_parts(os.path.dirname(real)), os.path.basename(real), path)
+
+
+def _walk_dir(root: str, top: str) -> Iterator[_Found]:
+    """The files under `top` (recursive, hidden entries skipped), named under `root`."""
+    parts = _real_parts(root)
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for f in filenames:
             path = os.path.join(dirpath, f)
             if not f.startswith(".") and os.path.isfile(path):
-                yield os.path.normpath(path), path
+                yield _Found(parts, _under(root, path), path)
 
 
-def _expand(source: str) -> Iterator[tuple[str, str]]:
-    """One source -> (name, path) of each file it stands for."""
+def _glob_root(pattern: str) -> str:
+    """The leading directories of a glob that hold no wildcard ("." if none)."""
+    parts = Path(pattern).parts
+    n = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    return os.path.join(*parts[:n]) if n else "."
+
+
+def _expand(source: str) -> Iterator[_Found]:
+    """One source -> each file it stands for."""
     if source in BUILTIN_CORPORA:
         yield from BUILTIN_CORPORA[source]()
-        return
-    if os.path.exists(source):
-        paths = [source]
-    elif any(c in source for c in "*?["):
+    elif os.path.isdir(source):
+        real = os.path.realpath(source)
+        yield from _walk_dir(real, real)
+    elif os.path.isfile(source):
+        yield _plain_file(source)
+    elif os.path.exists(source):
+        raise DataError(f"bytelm: data source {source!r} is not a file or a directory")
+    elif glob.has_magic(source):
         paths = sorted(glob.glob(source, recursive=True))
         if not paths:
             raise DataError(f"bytelm: no files match {source!r}")
+        root = _glob_root(source)
+        for path in paths:
+            if os.path.isdir(path):
+                yield from _walk_dir(root, path)
+            elif not os.path.isfile(path):
+                continue
+            elif _under(root, path).startswith("../"):  # a '..' after a wildcard: name it alone
+                yield _plain_file(path)
+            else:
+                yield _Found(_real_parts(root), _under(root, path), path)
     else:
         raise DataError(f"bytelm: data source {source!r} does not exist; check the path")
-    for path in paths:
-        if os.path.isdir(path):
-            yield from _walk_dir(path)
-        elif os.path.isfile(path):
-            yield os.path.normpath(path), path
+
+
+def _name_files(found: list[_Found]) -> list[str]:
+    """Each file's name: one directory of its root, and more only while names clash."""
+    depth = [min(1, len(f.root)) for f in found]
+    while True:
+        by_name: dict[str, list[int]] = {}
+        for i, f in enumerate(found):
+            by_name.setdefault(f.name(depth[i]), []).append(i)
+        clashes = [i for ids in by_name.values() if len(ids) > 1 for i in ids]
+        if not clashes:
+            return [f.name(d) for f, d in zip(found, depth)]
+        longer = [i for i in clashes if depth[i] < len(found[i].root)]
+        if not longer:  # full real paths that still clash: cannot happen for distinct files
+            paths = sorted(found[i].path for i in clashes)
+            raise DataError(f"bytelm: files {paths!r} cannot be told apart by name")
+        for i in longer:
+            depth[i] += 1
 
 
 def _resolve_files(sources: Sequence[str]) -> list[_File]:
     """Every file the sources stand for, sorted by name, each file once."""
-    found = sorted({name: path for s in sources for name, path in _expand(s)}.items())
-    files, seen = [], set()
-    for name, path in found:
-        real = os.path.realpath(path)
-        if real in seen:  # the same file through two sources, e.g. a dir and a glob inside it
-            continue
-        seen.add(real)
-        st = os.stat(path)
-        files.append(_File(name, path, st.st_size, st.st_mtime_ns))
-    return files
+    first: dict[str, _Found] = {}  # real path -> how it is reached
+    for found in (f for s in sources for f in _expand(s)):
+        real = os.path.realpath(found.path)
+        # the same file through two sources (a dir and a glob inside it, or a symlink):
+        # keep one, the same one whatever the order of the sources
+        if real not in first or (found.name(1), found.path) < (
+            first[real].name(1),
+            first[real].path,
+        ):
+            first[real] = found
+    found = list(first.values())
+    files = []
+    for name, f in zip(_name_files(found), found):
+        st = os.stat(f.path)
+        files.append(_File(name, f.path, st.st_size, st.st_mtime_ns))
+    return sorted(files, key=lambda f: f.name)
 
 
 def _unreadable(path: str, e: Exception) -> DataError:
@@ -204,20 +293,31 @@ def _empty_corpus(sources: Sequence[str]) -> DataError:
     )
 
 
+def _digest() -> hashlib.blake2b:
+    """What a document's bytes are hashed with to find exact duplicates."""
+    return hashlib.blake2b(digest_size=16)
+
+
 def iter_documents(sources: Sequence[str], text_field: str = "text") -> Iterator[tuple[str, bytes]]:
     """Yield (name, raw bytes) for every non-empty document, in sorted name order.
 
     A source is "stdlib", a file, a directory (recursive, hidden entries skipped)
     or a glob. `.gz` files are decompressed; `.jsonl` files give one document per
-    line (the string field `text_field`), named `path:lineno`. A file is named
-    by its path as reached from the source, so relative sources give relative
-    names, and the same hash split on every machine.
+    line (the string field `text_field`), named `<file's name>:<lineno>`. A file
+    is named by where it is, not by how the source was typed (see above), so a
+    corpus gets the same names and the same hash split from any directory and
+    on every machine where its root has the same name. Exact duplicates (the
+    same bytes) are yielded once, the first copy in this order; the cache holds
+    the same documents.
     """
-    n = 0
+    n, seen = 0, set()
     for f in _resolve_files(sources):
         for name, chunks in _read(f, text_field):
             data = b"".join(chunks)
-            if data:
+            h = _digest()
+            h.update(data)
+            if data and h.digest() not in seen:
+                seen.add(h.digest())
                 n += 1
                 yield name, data
     if n == 0:
@@ -258,7 +358,7 @@ def _cache_root(config: DataConfig) -> Path:
 def _fingerprint(config: DataConfig, files: list[_File]) -> str:
     key = {
         "format": CACHE_FORMAT,
-        "files": [(f.name, os.path.abspath(f.path), f.size, f.mtime_ns) for f in files],
+        "files": [(f.name, os.path.realpath(f.path), f.size, f.mtime_ns) for f in files],
         "text_field": config.text_field,
         "split": config.split,
         "heldout_fraction": config.heldout_fraction,
@@ -291,6 +391,13 @@ class _SplitWriter:
             self.n_bytes += self.pending
             self.pending = 0
             self._write_offset(self.n_bytes)
+
+    def drop_doc(self):
+        """Forget the pending document: its bytes are cut off bytes.u8."""
+        self.bytes_f.flush()
+        self.bytes_f.truncate(self.n_bytes)
+        self.bytes_f.seek(self.n_bytes)
+        self.pending = 0
 
     def move_tail(self, k: int, other: _SplitWriter):
         """Move the last k bytes of the pending document to `other`, as its own document."""
@@ -337,21 +444,30 @@ def _build(config: DataConfig, files: list[_File], final: Path, progress: bool) 
 
         total = sum(f.size for f in files)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="encoding corpus")
+    seen: set[bytes] = set()  # digests of the documents kept: 16 bytes each, not the corpus
+    n_dup = dup_bytes = 0
     try:
         for f in files:
             for name, chunks in _read(f, config.text_field):
                 if config.split == "hash":
                     w = writers[split_of(name, config.heldout_fraction)]
-                    for chunk in chunks:
-                        w.write(chunk)
-                    w.end_doc()
                 else:
-                    for chunk in chunks:
-                        train.write(chunk)
-                    n = train.pending
-                    if k := n - tail_cut(n, config.heldout_fraction):
-                        train.move_tail(k, heldout)
-                    train.end_doc()
+                    w = train  # the tail is cut off below, once the document is whole
+                h = _digest()
+                for chunk in chunks:  # hashed as it streams to disk
+                    h.update(chunk)
+                    w.write(chunk)
+                n = w.pending
+                if not n:
+                    continue  # empty documents are skipped, not stored
+                if h.digest() in seen:  # an exact duplicate of an earlier document: dropped
+                    n_dup, dup_bytes = n_dup + 1, dup_bytes + n
+                    w.drop_doc()
+                    continue
+                seen.add(h.digest())
+                if config.split == "tail" and (k := n - tail_cut(n, config.heldout_fraction)):
+                    train.move_tail(k, heldout)
+                w.end_doc()
             if bar is not None:
                 bar.update(f.size)  # on-disk bytes: known up front, so the bar has an ETA
         for w in writers.values():
@@ -366,8 +482,18 @@ def _build(config: DataConfig, files: list[_File], final: Path, progress: bool) 
             "split": config.split,
             "heldout_fraction": config.heldout_fraction,
             "splits": {s: {"n_docs": w.n_docs, "n_bytes": w.n_bytes} for s, w in writers.items()},
+            "duplicates": {"n_docs": n_dup, "n_bytes": dup_bytes},  # dropped before the split
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        logger.info(
+            "bytelm: encoded %s: %d train and %d held-out documents; dropped %d exact "
+            "duplicate documents (%d bytes)",
+            ", ".join(config.sources),
+            train.n_docs,
+            heldout.n_docs,
+            n_dup,
+            dup_bytes,
+        )
         try:
             os.replace(tmp, final)
         except OSError:

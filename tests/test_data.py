@@ -124,6 +124,150 @@ def test_stdlib_cache(tmp_path):
     assert 0.01 < corpus["heldout"].n_docs / len(docs) < 0.15  # heldout_fraction = 0.05
 
 
+def split_docs(corpus) -> dict[str, list[bytes]]:
+    return {s: [c.doc(i) for i in range(c.n_docs)] for s, c in corpus.items()}
+
+
+def test_names_do_not_depend_on_how_the_path_is_typed(corpus_dir, monkeypatch):
+    os.symlink("docs", "link")
+    os.symlink(corpus_dir / "docs", "elsewhere_link")
+    write("other/cwd/keep.txt", b"")
+    root = str(corpus_dir)
+    # (working directory, source): every one of them is the directory docs/
+    spellings = [
+        (root, "docs"),
+        (root, "docs/"),
+        (root, "./docs/"),
+        (root, str(corpus_dir / "docs")),
+        (root, str(corpus_dir / "docs") + "/"),
+        (root, "link"),
+        (root, "./elsewhere_link/"),
+        (root, f"../{corpus_dir.name}/docs"),
+        (str(corpus_dir / "other/cwd"), "../../docs"),
+        (str(corpus_dir / "other/cwd"), str(corpus_dir / "link")),
+        (str(corpus_dir / "docs"), "."),
+        (str(corpus_dir / "docs"), "./"),
+        ("/", str(corpus_dir / "docs")),
+        (root, "docs/*"),
+        (root, str(corpus_dir / "link/*")),
+    ]
+    cache = str(corpus_dir / "cache")
+    want_names = sorted(DOCS)  # docs/d00.txt, ...: nothing of tmp_path in them
+    want = {s: [d for n, d in sorted(DOCS.items()) if split_of(n, 0.3) == s] for s in data.SPLITS}
+    streams, paths = set(), set()
+    for cwd, source in spellings:
+        monkeypatch.chdir(cwd)
+        assert [n for n, _ in iter_documents([source])] == want_names, (cwd, source)
+        corpus = load_corpus(
+            DataConfig(sources=[source], heldout_fraction=0.3, cache_dir=cache), progress=False
+        )
+        assert split_docs(corpus) == want, (cwd, source)
+        streams.add(tuple(tuple(c.window(0, c.stream_len).tolist()) for c in corpus.values()))
+        paths.add(corpus["train"].path)
+    assert len(streams) == 1
+    assert len(paths) == 1  # one cache for every spelling: the fingerprint has no spelling either
+
+
+def test_file_and_glob_names_do_not_depend_on_the_working_directory(corpus_dir, monkeypatch):
+    write("c/sub/z.jsonl", b'{"text": "line one"}\n{"text": "line two"}\n')
+    os.symlink(corpus_dir / "c", "c_link")
+    # a file is named under its own directory; a glob's match under the glob's fixed part
+    for cwd, sources in [
+        (corpus_dir, ["docs/one.txt", "c/**/*.jsonl"]),
+        (corpus_dir / "c", ["../docs/one.txt", "./**/*.jsonl"]),
+        (corpus_dir / "c/sub", [str(corpus_dir / "docs/one.txt"), "../../c_link/*/*.jsonl"]),
+        ("/", [str(corpus_dir / "docs/one.txt"), str(corpus_dir / "c/**/z.jsonl")]),
+    ]:
+        monkeypatch.chdir(cwd)
+        got = [n for n, _ in iter_documents(sources)]
+        assert got == ["c/sub/z.jsonl:1", "c/sub/z.jsonl:2", "docs/one.txt"], (cwd, sources)
+    for cwd, source in [(corpus_dir, "c/sub/z.jsonl"), (corpus_dir / "c", "sub/z.jsonl")]:
+        monkeypatch.chdir(cwd)
+        got = [n for n, _ in iter_documents([source])]
+        assert got == ["sub/z.jsonl:1", "sub/z.jsonl:2"], (cwd, source)
+
+
+def test_exact_duplicates_are_dropped(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "_CHUNK", 3)  # documents stream (and are hashed) in pieces
+    for i in range(40):
+        write(f"d/u{i:02d}.txt", f"unique document {i}\n".encode())
+    # three copies of one document, whose names alone would put them in both splits
+    names = [f"d/copy{i:02d}.txt" for i in range(100)]
+    held = [n for n in names if split_of(n, 0.3) == "heldout"]
+    trained = [n for n in names if split_of(n, 0.3) == "train"]
+    copies = sorted([held[0], *trained[:2]])
+    same = b"the same bytes, three times\n" * 5
+    for n in copies:
+        write(n, same)
+    # lines of a .jsonl are documents too: a repeated line, and one equal to a file
+    lines = [{"text": "a line"}, {"text": "a line"}, {"text": "unique document 3\n"}]
+    write("d/z.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
+
+    docs = list(iter_documents(["d"]))
+    assert [d for _, d in docs].count(same) == 1 and (copies[0], same) in docs
+    assert [n for n, d in docs if d == b"a line"] == ["d/z.jsonl:1"]
+    assert len(docs) == 40 + 1 + 1 and len({d for _, d in docs}) == len(docs)
+
+    caplog.set_level("INFO", logger="bytelm")
+    cfg = DataConfig(sources=["d"], heldout_fraction=0.3, cache_dir="cache")
+    corpus = load_corpus(cfg, progress=False)
+    by_split = split_docs(corpus)
+    assert by_split == {
+        s: [d for n, d in docs if split_of(n, 0.3) == s] for s in data.SPLITS
+    }  # the kept documents, byte for byte, after the dropped ones were cut out
+    kept_in = [s for s, ds in by_split.items() if same in ds]
+    assert kept_in == [split_of(copies[0], 0.3)] and by_split[kept_in[0]].count(same) == 1
+    assert not set(by_split["train"]) & set(by_split["heldout"])
+    meta = json.loads((corpus["train"].path.parent / "meta.json").read_text())
+    dropped = 2 * len(same) + len(b"a line") + len(b"unique document 3\n")
+    assert meta["duplicates"] == {"n_docs": 4, "n_bytes": dropped}
+    assert sum("dropped 4 exact duplicate documents" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    load_corpus(cfg, progress=False)  # reused from the cache: logged once, at the build
+    assert not any("duplicate" in r.getMessage() for r in caplog.records)
+
+    # in tail mode too: a copy would put the held-out tail's bytes in training
+    write("t/a.txt", same)
+    write("t/b.txt", same)
+    write("t/c.txt", b"another document")
+    tail = load_corpus(DataConfig(sources=["t"], split="tail", cache_dir="cache"), False)
+    assert split_docs(tail) == {
+        "train": [same[: data.tail_cut(len(same), 0.05)], b"another document"[:15]],
+        "heldout": [same[data.tail_cut(len(same), 0.05) :], b"t"],
+    }
+
+
+def test_clashing_names_both_survive(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("a/data/x.txt", b"x from a")
+    write("a/data/only_a.txt", b"only in a")
+    write("b/data/x.txt", b"x from b")
+    write("c/a/data/x.txt", b"x from c/a")
+    want = {
+        f"{tmp_path.name}/a/data/x.txt": b"x from a",  # a/data/x.txt and c/a/data/x.txt
+        "c/a/data/x.txt": b"x from c/a",  # clash twice: one more directory each time
+        "b/data/x.txt": b"x from b",
+        "data/only_a.txt": b"only in a",  # no clash: the usual name
+    }
+    for sources in (
+        ["a/data", "b/data", "c/a/data"],
+        ["c/a/data/", str(tmp_path / "b/data"), "./a/data"],  # any order, any spelling
+        ["a/data/*.txt", "b/data/x.txt", "c/a/data/*"],  # globs and files alike
+    ):
+        assert dict(iter_documents(sources)) == want, sources
+        assert list(dict(iter_documents(sources))) == sorted(want)
+
+    corpus = load_corpus(
+        DataConfig(sources=["a/data", "b/data", "c/a/data"], heldout_fraction=0.3, cache_dir="c"),
+        progress=False,
+    )
+    by_split = split_docs(corpus)
+    assert sorted(by_split["train"] + by_split["heldout"]) == sorted(want.values())
+    for name, d in want.items():
+        assert d in by_split[split_of(name, 0.3)]
+
+
 # -----------------------------------------------------------------------------
 # the split
 
