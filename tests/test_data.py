@@ -189,7 +189,7 @@ def test_file_and_glob_names_do_not_depend_on_the_working_directory(corpus_dir, 
 
 def test_exact_duplicates_are_dropped(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "_CHUNK", 3)  # documents stream (and are hashed) in pieces
+    monkeypatch.setattr(data.sources, "_CHUNK", 3)  # documents stream (and are hashed) in pieces
     for i in range(40):
         write(f"d/u{i:02d}.txt", f"unique document {i}\n".encode())
     # three copies of one document, whose names alone would put them in both splits
@@ -306,7 +306,7 @@ def test_hash_split_keeps_documents_whole(corpus_dir):
 
 
 def test_tail_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_CHUNK", 7)  # make the tail copy span several chunks
+    monkeypatch.setattr(data.sources, "_CHUNK", 7)  # make the tail copy span several chunks
     text = bytes(np.random.default_rng(0).integers(0, 256, 1115, dtype=np.uint8))
     write(tmp_path / "shakespeare.txt.gz", gzip.compress(text))
     cfg = DataConfig(
