@@ -148,8 +148,16 @@ class ByteLMConfig:
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     pooling: str = "mean"  # mean | max | sum | attn (cross-attention, queries start as the mean)
     attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | sdpa | flex | xformers
+    # a compiled training step (train.compile) pads the patch axis to a multiple of this, capped
+    # at seq_len, so that its shapes repeat: one graph per bucket; 1 = the exact count. Eager
+    # steps, eval and generation use the exact count.
+    patch_bucket: int = 64
 
     def __post_init__(self):
+        _check(
+            self.patch_bucket >= 1,
+            f"model.patch_bucket must be >= 1 (1 = exact patch count), got {self.patch_bucket}",
+        )
         _check(
             self.attn_backend in ATTN_BACKENDS,
             f"model.attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {self.attn_backend!r}",
@@ -182,6 +190,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    # torch.compile the forward and loss: auto (on CUDA; off on CPU, see
+    # benchmarks/results/train_compile.md) | on | off
+    compile: str = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -200,6 +211,10 @@ class TrainConfig:
         _check(
             self.precision in ("auto", "fp32", "bf16"),
             f"train.precision must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+        _check(
+            self.compile in ("auto", "on", "off"),
+            f"train.compile must be auto, on or off, got {self.compile!r}",
         )
 
 

@@ -4,6 +4,14 @@ AdamW with linear warmup and cosine decay, gradient clipping, gradient
 accumulation, bf16 autocast on CUDA. Held-out bits-per-byte is evaluated at
 intervals. The data order is a pure function of (seed, step), so a resumed run
 sees exactly the batches an uninterrupted run would have seen.
+
+A training step reads nothing back from the device: patch ends are found and
+counted on the host, where the batch is made, the batch is copied from pinned
+memory without blocking, and the metrics stay on the device until `fit` reads
+several steps' worth at once. `train.compile` compiles the forward and the loss
+with `dynamic=False`; the patch axis is then padded to `model.patch_bucket` so
+that it takes a few sizes over a run, one graph each. `raw_model` stays
+uncompiled.
 """
 
 from __future__ import annotations
@@ -31,9 +39,13 @@ from bytelm.config import CHECKPOINT_DIR, RunConfig
 from bytelm.data import load_corpus
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.flops import run_size
+from bytelm.kernels.attention import resolve_backend as attention_backend
+from bytelm.kernels.dispatch import resolve_backend as kernel_backend
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
+from bytelm.patchers import ends_to_lengths
 from bytelm.patchers.entropy_cache import prepare_training as prepare_entropy
+from bytelm.vocab import PAD
 
 CHECKPOINT = CHECKPOINT_DIR
 
@@ -112,6 +124,19 @@ class Trainer:
             self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         )
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        cuda = self.acc.device.type == "cuda"
+        # auto: on CUDA only. On CPU a compiled demo step is 1.06x (bucket 64) to 1.33x (16) an
+        # eager one, but a cold compile costs 70-120 CPU-s: it pays only after ~600-1400 steps
+        # (benchmarks/results/train_compile.md), and the demo and the tests run far fewer
+        self.compiled = tc.compile == "on" or (tc.compile == "auto" and cuda)
+        self.forward_loss = self._forward_loss
+        if self.compiled:  # the wrapped model inside, so DDP still syncs gradients
+            # choose the attention and kernel backends before tracing: each logs its choice
+            # once, and a log call inside the trace breaks the graph (11 graphs instead of 1)
+            attention_backend(cfg.model.attn_backend, self.acc.device)
+            for op in ("pool", "unpool"):
+                kernel_backend(op, "auto", self.acc.device)
+            self.forward_loss = torch.compile(self._forward_loss, dynamic=False)
         self.step = 0
         self.history: list[dict] = []
         self.out_dir = Path(tc.out_dir)
@@ -169,39 +194,67 @@ class Trainer:
         nats, count = self.acc.reduce(t, reduction="sum").tolist()
         return {"bpb": nats / (math.log(2) * max(count, 1)), "eval_bytes": int(count)}
 
+    def batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """Training micro-batch `micro_step` -> (ids (B, T), ends (B, T) or None, P or None) on
+        the device, for `forward_loss`.
+
+        For a ByteLM the patch ends are found on the host, where the batch is made (from the
+        cached entropies for the entropy patcher), and counted there, so the forward reads
+        nothing back. A compiled step rounds the count up to `model.patch_bucket` (capped at
+        T), so that P takes a few values over a run, one graph each; an eager step keeps the
+        exact count, since padded slots cost latent work and buy an eager step nothing (the
+        demo on CPU: bucket 64 pads P from ~78 to 128, 20% slower; train_compile.md).
+        """
+        tc, dc = self.cfg.train, self.cfg.data
+        rank, world = self.acc.process_index, self.acc.num_processes
+        ids = self.corpus["train"].train_batch(
+            micro_step, dc.batch_size, dc.seq_len, tc.seed, rank=rank, world_size=world
+        )
+        ends = n_patches = None
+        if self.cfg.arch == "bytelm":
+            if self.entropy_feed is not None:
+                ends = self.entropy_feed.train_ends(ids, micro_step, rank, world)
+            else:
+                ends = self.raw_model.patcher.ends(ids)
+            count = ends_to_lengths(ends, (ids != PAD).sum(-1)).shape[1]  # host tensors: no sync
+            bucket = self.cfg.model.patch_bucket if self.compiled else 1
+            n_patches = min(-(-count // bucket) * bucket, ids.shape[1])
+        dev = self.acc.device
+        if dev.type == "cuda":  # a pageable copy would wait for the GPU to drain: pin it
+            to = lambda x: x.pin_memory().to(dev, non_blocking=True)
+        else:
+            to = lambda x: x.to(dev)
+        return to(ids), None if ends is None else to(ends), n_patches
+
+    def _forward_loss(
+        self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch from `batch` -> (loss, nats per head (K,)): what `train.compile`
+        compiles, through the prepared (DDP-wrapped) model."""
+        if self.cfg.arch == "bytelm":
+            logits = self.model(ids, ends, n_patches=n_patches)
+            weights = self.cfg.model.out_heads.weights
+        else:
+            logits, weights = self.model(ids), ()
+        out = multi_head_loss(logits, ids, doc_ids(ids), weights)
+        return out.loss, out.per_head
+
     def train_step(self) -> dict:
         """One optimizer step. Its metrics stay on the device (no host sync): `fit` reads them
         in one transfer every `log_every` steps (`_materialize`)."""
-        tc, dc = self.cfg.train, self.cfg.data
+        tc = self.cfg.train
         self.model.train()
         heads = getattr(self.raw_model, "n_heads_out", 1)
-        weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
         # loss, grad norm (NaN without clipping), nats per head
         metrics = torch.zeros(2 + heads, device=self.acc.device)
         for micro in range(tc.grad_accum):
-            ids = (
-                self.corpus["train"]
-                .train_batch(
-                    self.step * tc.grad_accum + micro,
-                    dc.batch_size,
-                    dc.seq_len,
-                    tc.seed,
-                    rank=self.acc.process_index,
-                    world_size=self.acc.num_processes,
-                )
-                .to(self.acc.device)
-            )
+            args = self.batch(self.step * tc.grad_accum + micro)
             sync = micro == tc.grad_accum - 1
-            args = (ids,)
-            if self.entropy_feed is not None:  # patch ends from cached entropies, same windows
-                rank, world = self.acc.process_index, self.acc.num_processes
-                step = self.step * tc.grad_accum + micro
-                args = (ids, self.entropy_feed.train_ends(ids, step, rank, world))
             with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
-                out = multi_head_loss(self.model(*args), ids, doc_ids(ids), weights)
-            self.acc.backward(out.loss / tc.grad_accum)
-            metrics[0] += out.loss.detach().float() / tc.grad_accum
-            metrics[2:] += out.per_head.detach().float() / tc.grad_accum
+                loss, per_head = self.forward_loss(*args)
+            self.acc.backward(loss / tc.grad_accum)
+            metrics[0] += loss.detach().float() / tc.grad_accum
+            metrics[2:] += per_head.detach().float() / tc.grad_accum
         metrics[1] = math.nan
         if tc.grad_clip > 0:
             metrics[1] = self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

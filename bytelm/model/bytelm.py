@@ -75,8 +75,17 @@ class ByteLM(nn.Module):
     def n_heads_out(self) -> int:
         return self.cfg.out_heads.n
 
-    def forward(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, K, V). `ends` (B, T) bool overrides the patcher."""
+    def forward(
+        self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None
+    ) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, K, V). `ends` (B, T) bool overrides the patcher.
+
+        `n_patches` sets the patch axis P: at least every row's patch count, the rest empty
+        slots, which change no logit. The Trainer counts on the host, where it builds the
+        batch, so nothing is read back from the device, and a compiled step rounds up to
+        `model.patch_bucket` so that P repeats (one graph per bucket). Without it, P is the
+        exact count, read back from the device: this forward's one host sync.
+        """
         B, T = ids.shape
         backend = self.cfg.attn_backend
         docs = doc_ids(ids)  # (B, T)
@@ -84,8 +93,12 @@ class ByteLM(nn.Module):
         if ends is None:
             ends = self.patcher.ends(ids)
         n_bytes = (ids != PAD).sum(-1)
-        lengths = ends_to_lengths(ends, n_bytes)  # (B, P)
-        assert lengths.sum(-1).eq(n_bytes).all(), "patch lengths must cover every byte"
+        lengths = ends_to_lengths(ends, n_bytes, n_patches)  # (B, P)
+        # checked on the device, not read back (a second sync): a caller's n_patches one short
+        # of a row's count would otherwise drop that row's last patch silently
+        torch._assert_async(
+            lengths.sum(-1).eq(n_bytes).all(), "patch lengths must cover every byte"
+        )
         patch_ids = lengths_to_ids(lengths, T)  # (B, T), -1 on PAD
         P = lengths.shape[1]
 
