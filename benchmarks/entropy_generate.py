@@ -20,9 +20,9 @@ torch thread):
    are checked to be identical;
 2. `step` alone over a 512-byte prompt, batch 4, in one call (the old one loops)
    and one byte per call (decoding without a model);
-3. generation again with a rollback replayed in one `step(..., n_valid=keep)` call
-   (`one_call_replay`, a proposed change to `bytelm.model.cache.replay_patcher`,
-   patched in here only; see the notes in the results).
+3. the two changes apart: the batched patcher with the old rollback replay (one
+   `step` per byte column, `_column_replay`, patched in here only), against the
+   library's one-call replay (`step(..., n_valid=keep)`).
 
 Results: benchmarks/results/entropy_generate.{csv,md}.
 """
@@ -208,11 +208,25 @@ def cpu_seconds(fn, *args, **kwargs):
     return time.process_time() - t, out
 
 
-def _one_call_replay(patcher, start, ids, keep):
-    """The proposed `bytelm.model.cache.replay_patcher`: a patcher whose `step` takes
-    `n_valid` replays a rollback in one call instead of one call per byte column."""
+def _select(mask: torch.Tensor, a: PatcherState, b: PatcherState) -> PatcherState:
+    """Row r of a where mask[r], else b's (tensors, or values with `select(mask, other)`)."""
+
+    def pick(x, y):
+        if isinstance(x, torch.Tensor):
+            return torch.where(mask.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
+        return x.select(mask, y)
+
+    extra = {k: pick(v, b.extra[k]) for k, v in a.extra.items()}
+    return PatcherState(pick(a.patch_len, b.patch_len), pick(a.prev, b.prev), extra)
+
+
+def _column_replay(patcher, start, ids, keep):
+    """The old `bytelm.model.cache.replay_patcher`: one `step` per byte column, rows merged."""
     state = snapshot_state(start)
-    patcher.step(state, ids, n_valid=keep)
+    for i in range(int(keep.max()) if keep.numel() else 0):
+        nxt = snapshot_state(state)
+        patcher.step(nxt, ids[:, i : i + 1])
+        state = _select(keep > i, nxt, state)
     return state
 
 
@@ -248,8 +262,8 @@ def bench_generate(model, variants: dict, text: bytes, new_bytes: int, reps: int
                 "bytes_per_s_before": n / secs["before"],
                 "bytes_per_s_after": n / secs["after"],
                 "speedup": secs["before"] / secs["after"],
-                "bytes_per_s_one_call_replay": n / secs["one_call_replay"],
-                "speedup_one_call_replay": secs["before"] / secs["one_call_replay"],
+                "bytes_per_s_patcher_only": n / secs["patcher_only"],
+                "speedup_patcher_only": secs["before"] / secs["patcher_only"],
                 "bytes_per_forward": stats["after"].bytes_per_forward,
             }
             rows.append(row)
@@ -286,8 +300,8 @@ def bench_step(patchers, text: bytes, reps: int, n: int = 512, batch: int = 4) -
             "bytes_per_s_before": batch * n * reps / secs["before"],
             "bytes_per_s_after": batch * n * reps / secs["after"],
             "speedup": secs["before"] / secs["after"],
-            "bytes_per_s_one_call_replay": float("nan"),
-            "speedup_one_call_replay": float("nan"),
+            "bytes_per_s_patcher_only": float("nan"),
+            "speedup_patcher_only": float("nan"),
             "bytes_per_forward": float("nan"),
         }
         rows.append(row)
@@ -305,9 +319,9 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, new, old = build(entropy_checkpoint(Path(tmp) / "entropy"), text)
         variants = {
-            "before": (old, None),
+            "before": (old, _column_replay),
+            "patcher_only": (new, _column_replay),
             "after": (new, None),
-            "one_call_replay": (new, _one_call_replay),
         }
         bench_generate(model, variants, text, 8, 1)  # warm-up
         rows = bench_generate(model, variants, text, args.new_bytes, args.reps)
@@ -320,12 +334,12 @@ def main(argv=None) -> None:
         "Greedy; prompts of 100-211 bytes (ragged at batch 4), prefill included; "
         f"{args.new_bytes} new bytes per row. bytes/s is CPU time (`time.process_time`, one "
         "torch thread), old and new interleaved in one process; both generate identical bytes. "
-        "before: one batch-1 entropy-model forward per byte and row; after: batched over "
-        "rows and bytes, but a speculative rollback (and a ragged prompt's last prefill call) "
-        "is still replayed by `bytelm.model.cache.replay_patcher` one byte column per call; "
-        "one_call_replay: the same patcher with that replay done by one "
-        "`step(state, ids, n_valid=keep)` call (a proposed model-side change, patched in "
-        "here only). bytes_per_forward: new bytes per row-forward of the ByteLM."
+        "before: one batch-1 entropy-model forward per byte and row, and a speculative "
+        "rollback (or a ragged prompt's last prefill call) replayed one byte column per "
+        "`step`; patcher_only: the batched patcher with that old column-by-column replay; "
+        "after: the library as it is, the batched patcher and the rollback replayed by one "
+        "`step(state, ids, n_valid=keep)` call. bytes_per_forward: new bytes per "
+        "row-forward of the ByteLM."
     )
     path = write_results(
         "entropy_generate", rows, "Entropy-patched generation: before/after", notes
