@@ -52,7 +52,7 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
                 f"bytelm: {op} backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 "
                 "set before triton is imported; use backend='reference' on CPU"
             )
-    if (op, choice) not in _logged:
+    if (op, choice) not in _logged and not torch.compiler.is_compiling():  # would break graphs
         _logged.add((op, choice))
         logger.info(
             "bytelm: %s uses the %s backend (asked %r, device %s)", op, choice, backend, device

@@ -73,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"bytelm: attention backend 'xformers' needs CUDA tensors, got {device.type}; "
                 "use backend='sdpa' (or 'auto') there"
             )
-    if choice not in _logged:
+    if choice not in _logged and not torch.compiler.is_compiling():  # a log call breaks graphs
         _logged.add(choice)
         logger.info(
             "bytelm: attention uses the %s backend (asked %r, device %s)", choice, backend, device
