@@ -20,7 +20,7 @@ from bytelm.data import DataConfig
 
 # The names and defaults other layers validate against; defined here, once, and imported
 # by the patchers, kernels and CLI (this module imports nothing above `data`).
-PATCHERS = ("fixed", "space", "entropy", "bpe")
+PATCHERS = ("fixed", "space", "entropy", "bpe", "learned")
 PATCHER_MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "xformers")
 POOLINGS = ("mean", "max", "sum", "attn")
@@ -98,13 +98,17 @@ class OutputHeadsConfig:
 
 @dataclass(frozen=True)
 class PatcherConfig:
-    name: str = "fixed"  # fixed | space | entropy | bpe
+    name: str = "fixed"  # fixed | space | entropy | bpe | learned
     k: int = 4  # fixed: bytes per patch
     max_patch_len: int = MAX_PATCH_LEN
     # entropy: byte t ends its patch when H_t > threshold (global), H_t - H_{t-1} > threshold
-    # (monotonic), or H_t > threshold and H_t - H_{t-1} > delta (both); H in bits
+    # (monotonic), or H_t > threshold and H_t - H_{t-1} > delta (both); H in bits.
+    # learned: when the router's boundary probability p_t > threshold, in [0, 1); 0 = 0.5
+    # (H-Net's cut, what training uses until `bytelm.model.chunking.calibrate` sets it)
     mode: str = "global"
-    target_bytes_per_patch: float = 4.0  # > 0: calibrate threshold to this; 0: use threshold as set
+    # entropy: > 0: calibrate threshold to this; 0: use threshold as set. learned: the ratio
+    # loss pulls the boundary rate toward 1 / this in training (> 1); calibration fits to it
+    target_bytes_per_patch: float = 4.0
     threshold: float = 0.0
     delta: float = 0.0
     measured_bytes_per_patch: float = 0.0  # written by calibration (held-out mean); 0 = not yet
@@ -112,6 +116,7 @@ class PatcherConfig:
     # (see `entropy_model_path`)
     entropy_model: str = ""
     vocab_size: int = 8192  # bpe: tokenizer vocabulary size
+    ratio_loss_weight: float = 0.03  # learned: weight of the ratio loss (H-Net's alpha)
 
     def __post_init__(self):
         _check(
@@ -132,6 +137,21 @@ class PatcherConfig:
         _check(
             self.max_patch_len >= 1, f"patcher.max_patch_len must be >= 1, got {self.max_patch_len}"
         )
+        _check(
+            self.ratio_loss_weight >= 0,
+            f"patcher.ratio_loss_weight must be >= 0, got {self.ratio_loss_weight}",
+        )
+        if self.name == "learned":
+            _check(
+                0 <= self.threshold < 1,
+                "patcher.threshold must lie in [0, 1) for the learned patcher (a boundary "
+                f"probability; 0 = 0.5), got {self.threshold}",
+            )
+            _check(
+                self.ratio_loss_weight == 0 or self.target_bytes_per_patch > 1,
+                "patcher.target_bytes_per_patch must be > 1 for the learned patcher's ratio loss "
+                f"(or set patcher.ratio_loss_weight = 0), got {self.target_bytes_per_patch}",
+            )
 
 
 @dataclass(frozen=True)

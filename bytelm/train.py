@@ -41,6 +41,7 @@ from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.flops import run_size
 from bytelm.kernels.attention import resolve_backend as attention_backend
 from bytelm.kernels.dispatch import resolve_backend as kernel_backend
+from bytelm.model.chunking import STATS, routing_stats, routing_warnings
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
 from bytelm.patchers import ends_to_lengths
@@ -112,6 +113,10 @@ class Trainer:
                 cfg, corpus, patcher, main=self.acc.is_main_process
             )
         self.cfg = cfg
+        # a learned source: the model finds the ends (after its encoder) and adds a ratio loss
+        self.learned = cfg.arch == "bytelm" and cfg.model.patcher.name == "learned"
+        self.warned: set[str] = set()  # routing warnings shown and still true
+        self.routing: torch.Tensor | None = None  # the last micro-batch's routing stats
         self.model = build_model(cfg, patcher)
         self.size = run_size(cfg)  # non-embedding params, analytic training FLOPs per byte
         self.optimizer = torch.optim.AdamW(
@@ -204,6 +209,8 @@ class Trainer:
         T), so that P takes a few values over a run, one graph each; an eager step keeps the
         exact count, since padded slots cost latent work and buy an eager step nothing (the
         demo on CPU: bucket 64 pads P from ~78 to 128, 20% slower; train_compile.md).
+        A learned source decides from the model's encoder states, so it gets neither: the
+        forward finds the ends and reads their count back, one host sync per micro-batch.
         """
         tc, dc = self.cfg.train, self.cfg.data
         rank, world = self.acc.process_index, self.acc.num_processes
@@ -211,7 +218,7 @@ class Trainer:
             micro_step, dc.batch_size, dc.seq_len, tc.seed, rank=rank, world_size=world
         )
         ends = n_patches = None
-        if self.cfg.arch == "bytelm":
+        if self.cfg.arch == "bytelm" and not self.learned:
             if self.entropy_feed is not None:
                 ends = self.entropy_feed.train_ends(ids, micro_step, rank, world)
             else:
@@ -230,14 +237,28 @@ class Trainer:
         self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A micro-batch from `batch` -> (loss, nats per head (K,)): what `train.compile`
-        compiles, through the prepared (DDP-wrapped) model."""
-        if self.cfg.arch == "bytelm":
+        compiles, through the prepared (DDP-wrapped) model. A learned source adds its ratio
+        loss, weighted by `patcher.ratio_loss_weight`, and leaves its metrics (STATS, on the
+        device) in `self.routing`."""
+        stats = None
+        if self.learned:
+            pc = self.cfg.model.patcher
+            logits, routing = self.model(ids, ends, n_patches=n_patches, routing=True)
+            stats = routing_stats(
+                routing, pc.target_bytes_per_patch, self.raw_model.patcher.threshold
+            )
+        elif self.cfg.arch == "bytelm":
             logits = self.model(ids, ends, n_patches=n_patches)
-            weights = self.cfg.model.out_heads.weights
         else:
-            logits, weights = self.model(ids), ()
+            logits = self.model(ids)
+        weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
         out = multi_head_loss(logits, ids, doc_ids(ids), weights)
-        return out.loss, out.per_head
+        loss = out.loss
+        if stats is not None:
+            self.routing = stats.detach()
+            if pc.ratio_loss_weight > 0:
+                loss = loss + pc.ratio_loss_weight * stats[0]
+        return loss, out.per_head
 
     def train_step(self) -> dict:
         """One optimizer step. Its metrics stay on the device (no host sync): `fit` reads them
@@ -247,6 +268,7 @@ class Trainer:
         heads = getattr(self.raw_model, "n_heads_out", 1)
         # loss, grad norm (NaN without clipping), nats per head
         metrics = torch.zeros(2 + heads, device=self.acc.device)
+        routing = torch.zeros(len(STATS), device=self.acc.device)  # learned source only
         for micro in range(tc.grad_accum):
             args = self.batch(self.step * tc.grad_accum + micro)
             sync = micro == tc.grad_accum - 1
@@ -255,6 +277,8 @@ class Trainer:
             self.acc.backward(loss / tc.grad_accum)
             metrics[0] += loss.detach().float() / tc.grad_accum
             metrics[2:] += per_head.detach().float() / tc.grad_accum
+            if self.learned:
+                routing += self.routing / tc.grad_accum
         metrics[1] = math.nan
         if tc.grad_clip > 0:
             metrics[1] = self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -262,7 +286,10 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "_metrics": metrics}
+        rec = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "_metrics": metrics}
+        if self.learned:
+            rec["_routing"] = routing
+        return rec
 
     @staticmethod
     def _materialize(recs: list[dict]) -> None:
@@ -274,6 +301,30 @@ class Trainer:
             r["loss"], r["head_nats"] = v[0], [round(x, 5) for x in v[2:]]
             if not math.isnan(v[1]):
                 r["grad_norm"] = v[1]
+        if "_routing" in recs[0]:  # a learned source: its stats, and bytes per patch
+            routing = torch.stack([r.pop("_routing") for r in recs]).cpu().tolist()
+            for r, v in zip(recs, routing):
+                r.update({k: round(x, 5) for k, x in zip(STATS, v)})
+                r["bytes_per_patch"] = round(1 / max(r["boundary_rate"], 1e-9), 4)
+
+    def _check_routing(self, recs: list[dict]) -> None:
+        """Warn, once while each holds, about the known failure modes of learned chunking
+        (`routing_warnings`) over the materialized steps `recs`; the warnings go into the
+        last record too."""
+        if not self.learned or not recs or "boundary_rate" not in recs[0]:
+            return
+        from tqdm.auto import tqdm
+
+        mean = {k: sum(r[k] for r in recs) / len(recs) for k in STATS}
+        tc, pc = self.cfg.train, self.cfg.model.patcher
+        past_warmup = self.step >= max(2 * tc.warmup_steps, 100)
+        found = routing_warnings(mean, pc.target_bytes_per_patch, pc.max_patch_len, past_warmup)
+        for kind, w in found.items():
+            if kind not in self.warned and self.acc.is_main_process:
+                tqdm.write(f"bytelm: step {self.step}: {w}")
+        self.warned = set(found)
+        if found:
+            recs[-1]["routing_warnings"] = found
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics."""
@@ -308,6 +359,7 @@ class Trainer:
             saving = self.step % tc.save_every == 0 or self.step == end
             if self.step % tc.log_every == 0 or "bpb" in rec or saving:  # the one host sync
                 self._materialize(pending)
+                self._check_routing(pending)
                 for r in pending:
                     if log is not None and (r["step"] % tc.log_every == 0 or "bpb" in r):
                         log.write(json.dumps(r) + "\n")
@@ -318,6 +370,8 @@ class Trainer:
                     post = {"loss": f"{rec['loss']:.3f}", "B/s": f"{rate:,.0f}"}
                     if last_eval:
                         post["bpb"] = f"{last_eval['bpb']:.3f}"
+                    if "bytes_per_patch" in rec:  # a learned source's live rate
+                        post["B/patch"] = f"{rec['bytes_per_patch']:.2f}"
                     bar.set_postfix(post, refresh=False)
             if bar is not None:
                 bar.update(1)

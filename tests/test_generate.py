@@ -28,7 +28,7 @@ from bytelm.model import ByteLM, ByteTransformer
 from bytelm.vocab import BOS, EOS, PAD
 from tests.conftest import tiny_bytelm_config
 
-PATCHERS = ["fixed", "space", "entropy"]
+PATCHERS = ["fixed", "space", "entropy", "learned"]
 PROMPTS = [b"the cat ", b"", b"hello world, ", b"abcdefgh "]
 
 

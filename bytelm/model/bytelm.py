@@ -9,6 +9,12 @@ patch that is complete by byte t, and of no other patch. Patchers are causal,
 so whether byte t closes its patch (`ends[t]`) is known at t; when it does,
 byte t already reads that patch's latent state, and the first byte of the next
 patch (usually the hardest) is predicted with fresh latent context.
+
+Boundaries are found after the encoder, so that a learned source (a router
+over encoder states, `bytelm.patchers.learned`) can read them; its ends[t]
+reads the states of bytes t and t-1, and its probabilities reach the loss
+through the smoothing of latent outputs and the straight-through confidence
+of `bytelm.model.chunking`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from bytelm.config import ByteLMConfig
 from bytelm.kernels.attention import MaskSpec
 from bytelm.kernels.pooling import pool, unpool
 from bytelm.model.cache import ByteLMCache, prefill
+from bytelm.model.chunking import Routing, confidence, gate, patch_gates, smooth
 from bytelm.model.embed import ByteEmbedding
 from bytelm.model.layers import Attention, Block, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
@@ -46,11 +53,15 @@ class ByteLM(nn.Module):
     def __init__(self, cfg: ByteLMConfig, patcher: BoundarySource | None = None):
         """`patcher`: the boundary source; by default the one `cfg.patcher` describes, which
         works for every source that needs no outside model (an entropy patcher is handed in:
-        `bytelm.build_model` loads it)."""
+        `bytelm.build_model` loads it). A learned source (`needs_states`) becomes a submodule,
+        bound to the encoder width: the model trains and checkpoints its router."""
         super().__init__()
         self.cfg = cfg
         D, G = cfg.encoder.dim, cfg.latent.dim
-        self.patcher = make_patcher(cfg.patcher) if patcher is None else patcher
+        self.patcher = make_patcher(cfg.patcher, dim=D) if patcher is None else patcher
+        self.learned = getattr(self.patcher, "needs_states", False)
+        if self.learned:
+            self.patcher.bind(D)
         if not getattr(self.patcher, "causal", True):
             raise ValueError(
                 f"bytelm: the {self.patcher.name!r} patcher is not causal (its boundaries depend on "
@@ -70,27 +81,47 @@ class ByteLM(nn.Module):
         self.norm = RMSNorm(D)
         self.unembed = nn.Linear(D, VOCAB_SIZE, bias=False)  # shared by every head
         init_weights(self, cfg.encoder.n_layers + cfg.latent.n_layers + cfg.decoder.n_layers + 1)
+        if self.learned:
+            self.patcher.reset_parameters()  # the router starts at W_q = W_k = I, not random
 
     @property
     def n_heads_out(self) -> int:
         return self.cfg.out_heads.n
 
     def forward(
-        self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None
-    ) -> torch.Tensor:
+        self,
+        ids: torch.Tensor,
+        ends: torch.Tensor | None = None,
+        n_patches: int | None = None,
+        routing: bool = False,
+    ):
         """ids (B, T) -> logits (B, T, K, V). `ends` (B, T) bool overrides the patcher.
 
         `n_patches` sets the patch axis P: at least every row's patch count, the rest empty
         slots, which change no logit. The Trainer counts on the host, where it builds the
         batch, so nothing is read back from the device, and a compiled step rounds up to
         `model.patch_bucket` so that P repeats (one graph per bucket). Without it, P is the
-        exact count, read back from the device: this forward's one host sync.
+        exact count, read back from the device: this forward's one host sync (a learned
+        source always has it: its ends are known only after the encoder).
+        `routing`: return (logits, Routing) for a learned source, for the ratio loss.
         """
         B, T = ids.shape
         backend = self.cfg.attn_backend
         docs = doc_ids(ids)  # (B, T)
         pos = torch.arange(T, device=ids.device).expand(B, T)
-        if ends is None:
+
+        # embed
+        h = self.embed(ids, docs)  # (B, T, D)
+
+        # encode
+        h = self.encoder(h, docs, pos, backend)  # (B, T, D)
+
+        # route: ends[t] reads bytes <= t only (a learned router: the states of t and t - 1)
+        prob = None
+        if self.learned:
+            prob, routed = self.patcher.route(ids, h)  # (B, T), (B, T)
+            ends = routed if ends is None else ends
+        elif ends is None:
             ends = self.patcher.ends(ids)
         n_bytes = (ids != PAD).sum(-1)
         lengths = ends_to_lengths(ends, n_bytes, n_patches)  # (B, P)
@@ -101,12 +132,6 @@ class ByteLM(nn.Module):
         )
         patch_ids = lengths_to_ids(lengths, T)  # (B, T), -1 on PAD
         P = lengths.shape[1]
-
-        # embed
-        h = self.embed(ids, docs)  # (B, T, D)
-
-        # encode
-        h = self.encoder(h, docs, pos, backend)  # (B, T, D)
 
         # pool
         p = pool(
@@ -125,6 +150,8 @@ class ByteLM(nn.Module):
         patch_docs = torch.where(real, docs.gather(1, starts), torch.full_like(starts, -1))
         z = self.latent(self.to_latent(p), patch_docs, patch_pos, backend)  # (B, P, G)
         z = self.from_latent(self.latent_norm(z))  # (B, P, D)
+        if prob is not None:  # mix each patch with the last by how sure its end is (H-Net)
+            z = smooth(z, patch_gates(prob, lengths))  # (B, P, D)
 
         # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
         ctx = patch_ids - (~ends).long()  # (B, T)
@@ -133,15 +160,27 @@ class ByteLM(nn.Module):
             (ctx >= 0) & (patch_ids >= 0) & (ctx_doc == docs), ctx, torch.full_like(ctx, -1)
         )
         u = unpool(z, ctx)  # (B, T, D)
+        if prob is not None:  # x 1 forward; backward, the gradient of the decision's probability
+            u = u * confidence(prob, ends)
 
         # decode
         d = self.decoder(h + u, docs, pos, backend)  # (B, T, D)
 
         # heads
         spec = self.decoder.mask(docs, pos)
-        return torch.stack(
+        logits = torch.stack(
             [self.unembed(self.norm(head(d, spec, backend))) for head in self.heads], dim=2
         )  # (B, T, K, V)
+        return (logits, Routing(prob, ends, ids)) if routing else logits
+
+    def route(self, ids: torch.Tensor):
+        """A learned source's decisions: ids (B, T) -> (p (B, T), ends (B, T)), as `forward`
+        takes them (for calibration and pictures)."""
+        assert self.learned, "route needs a learned boundary source"
+        docs = doc_ids(ids)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        h = self.encoder(self.embed(ids, docs), docs, pos, self.cfg.attn_backend)
+        return self.patcher.route(ids, h)
 
     def loss(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> HeadLosses:
         return multi_head_loss(self(ids, ends), ids, doc_ids(ids), self.cfg.out_heads.weights)
@@ -182,7 +221,8 @@ class ByteLM(nn.Module):
         backend = self.cfg.attn_backend
         rows = torch.arange(B, device=ids.device)[:, None]
         pos, docs = cache.begin(ids)  # (B, n) absolute positions and documents
-        ends = self.patcher.step(cache.patcher_state, ids)  # (B, n) byte t ends its patch
+        if not self.learned:
+            ends = self.patcher.step(cache.patcher_state, ids)  # (B, n) byte t ends its patch
 
         # embed: the n-gram hashes also read the last `history` bytes from the ring
         hpos = (
@@ -196,6 +236,10 @@ class ByteLM(nn.Module):
         # encode
         slots, spec = cache.enc.write(pos, docs)
         h = self.encoder.step(h, cache.enc, slots, spec, backend)  # (B, n, D)
+        if self.learned:  # the router also reads the state of the byte before, from the ring
+            before = cache.ring_h[rows[:, 0], (pos[:, 0] - 1) % cache.ring_size]  # (B, D)
+            states = torch.cat([before[:, None], h], 1)  # (B, 1 + n, D)
+            prob, ends = self.patcher.route_step(cache.patcher_state, ids, states)  # (B, n)
         ring = pos % cache.ring_size
         cache.ring_ids[rows, ring] = ids
         cache.ring_doc[rows, ring] = docs
@@ -211,7 +255,7 @@ class ByteLM(nn.Module):
             if b * COMPACT_ROWS <= B:
                 sel = closes.gt(0).byte().argsort(descending=True, stable=True)[:b]
             real = torch.arange(m, device=ids.device) < closes[sel, None]  # (B', m)
-            p, start = self._pool_closed(cache, sel, ends[sel], pos[sel], real)  # (B', m, D)
+            p, start, last = self._pool_closed(cache, sel, ends[sel], pos[sel], real)  # (B', m, D)
 
             # latent: one step per closed patch, all of this call's together; a row closing
             # fewer than m pads, and padding writes to the dump slot and reads nothing. (Stepping
@@ -225,7 +269,14 @@ class ByteLM(nn.Module):
             z = self.latent.step(self.to_latent(p), part, lslots, spec, backend)  # (B', m, G)
             if part is not lat:
                 lat.put(sel, part, lslots)
-            cache.lat_out[sel[:, None], lslots] = self.from_latent(self.latent_norm(z))
+            z = self.from_latent(self.latent_norm(z))  # (B', m, D)
+            if self.learned:  # the forward's smoothing, continued from the last closed patch
+                prev = cache.lat_out[sel, cache.lat.slot((cache.n_patches[sel] - 1).clamp(min=0))]
+                g = gate(prob[sel].gather(1, last), real)  # (B', m)
+                z = smooth(
+                    torch.cat([prev[:, None], z], 1), torch.cat([torch.ones_like(g[:, :1]), g], 1)
+                )[:, 1:]
+            cache.lat_out[sel[:, None], lslots] = z
 
         # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
         ctx = cache.n_patches[:, None] + ends.long().cumsum(1) - 1  # (B, n) last closed patch
@@ -251,8 +302,9 @@ class ByteLM(nn.Module):
 
     def _pool_closed(self, cache, rows, ends, pos, real):
         """The patches closed in cache rows `rows` (B',) by bytes with ends/pos (B', n), gathered
-        to (B', m): row r's first real[r].sum() entries, in order -> pooled patches (B', m, D)
-        and their first bytes (B', m). Every patch's bytes are still in the position ring."""
+        to (B', m): row r's first real[r].sum() entries, in order -> pooled patches (B', m, D),
+        their first bytes (B', m) and the call's index of their last bytes (B', m). Every
+        patch's bytes are still in the position ring."""
         B, m = real.shape
         M, R = cache.max_patch, cache.ring_size
         last = ends.byte().sort(dim=1, descending=True, stable=True).indices[:, :m]  # (B, m)
@@ -267,4 +319,4 @@ class ByteLM(nn.Module):
             k_seg = torch.where(torch.arange(M, device=pos.device) < lens, 0, -1)  # (B*m, M)
             spec = MaskSpec(q_seg, k_seg, torch.zeros_like(q_seg), torch.zeros_like(k_seg), False)
             p = p + self.pool_attn(self.pool_norm(p), spec, kv=x, backend=self.cfg.attn_backend)
-        return p.view(B, m, -1), start  # (B, m, D), (B, m)
+        return p.view(B, m, -1), start, last  # (B, m, D), (B, m), (B, m)

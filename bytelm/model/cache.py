@@ -153,10 +153,14 @@ def snapshot_state(state):
     return state.clone()
 
 
-def replay_patcher(patcher, start: PatcherState, ids: torch.Tensor, keep: torch.Tensor):
-    """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n)."""
+def replay_patcher(
+    patcher, start: PatcherState, ids: torch.Tensor, keep: torch.Tensor, states=None
+):
+    """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n).
+    `states` (B, 1 + n, D): the encoder states a learned source reads (see its `step`)."""
     state = snapshot_state(start)
-    patcher.step(state, ids, n_valid=keep)  # every boundary source takes a ragged block
+    kw = {} if states is None else {"states": states}
+    patcher.step(state, ids, n_valid=keep, **kw)  # every boundary source takes a ragged block
     return state
 
 
@@ -322,7 +326,8 @@ class ByteLMCache(_Pointers):
         latent outputs and the position ring are addressed by position, so
         moving the pointers (length, document, closed patches, open patch
         start) rolls them back; the patcher state is replayed from its
-        snapshot over the kept bytes.
+        snapshot over the kept bytes (a learned router reads their encoder
+        states, and the one before them, from the ring: it keeps no vector).
         """
         r = self._rollback_pointers(keep)
         n = r.ids.shape[1]
@@ -332,7 +337,11 @@ class ByteLMCache(_Pointers):
             r.length, r.n_patches, r.patch_start, r.ends & kept
         )
         if int(keep.min()) < n:  # otherwise the live state already is the kept one
-            self.patcher_state = replay_patcher(self.patcher, r.patcher_state, r.ids, keep)
+            states = None
+            if getattr(self.patcher, "needs_states", False):
+                at = r.length[:, None] - 1 + torch.arange(n + 1, device=keep.device)  # (B, 1 + n)
+                states = _rows(self.ring_h, at % self.ring_size)
+            self.patcher_state = replay_patcher(self.patcher, r.patcher_state, r.ids, keep, states)
 
     def live(self, latent_span: int | None = None) -> dict[str, torch.Tensor]:
         """Everything the next call can read, masked to the live positions (for tests).

@@ -20,7 +20,7 @@ from bytelm.vocab import BOS, EOS, PAD
 from tests.conftest import tiny_bytelm_config
 
 # Adding a patcher to the cached-decoding tests is one entry here.
-PATCHERS = ["fixed", "space", "entropy"]
+PATCHERS = ["fixed", "space", "entropy", "learned"]
 TOL = 1e-4  # fp32; observed differences are ~2e-7 (summation order only)
 
 

@@ -1,0 +1,54 @@
+"""The Trainer with a learned boundary source: the model finds the ends, the ratio loss is
+added, the routing metrics are logged, and the failure modes are reported as they happen."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from bytelm import config as C
+from bytelm.checkpoint import load_model
+from bytelm.model.chunking import STATS
+from bytelm.train import Trainer
+from tests.test_train import WORDS, tiny_run
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    d, rng = tmp_path_factory.mktemp("corpus"), random.Random(0)
+    for i in range(24):
+        (d / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(120)))
+    return d
+
+
+def learned_run(corpus_dir, out_dir, **patcher):
+    run = tiny_run(corpus_dir, out_dir, steps=6, log_every=2, eval_every=6, save_every=6)
+    over = {"model.patcher.name": "learned", "model.patcher.max_patch_len": "8"}
+    over.update({f"model.patcher.{k}": str(v) for k, v in patcher.items()})
+    return C.override(run, over)
+
+
+def test_learned_run_logs_its_rate_and_checkpoints_its_router(corpus_dir, tmp_path):
+    t = Trainer(learned_run(corpus_dir, tmp_path / "run"))
+    ids, ends, n_patches = t.batch(0)
+    assert ends is None and n_patches is None, "the host must not guess learned ends"
+    t.fit()
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all(k in recs[-1] for k in (*STATS, "bytes_per_patch", "bpb"))
+    assert 1 < recs[-1]["bytes_per_patch"] < 8
+    assert recs[-1]["ratio_loss"] > 0
+    model, _ = load_model(t.save(tmp_path / "ckpt"))
+    w = t.raw_model.patcher.w_q.weight
+    assert torch.equal(model.patcher.w_q.weight, w) and not torch.equal(w, torch.eye(32))
+
+
+def test_a_collapsed_router_is_reported(corpus_dir, tmp_path, capsys):
+    """A threshold no p reaches: only max_patch_len and EOS cut. One warning, and it is logged."""
+    t = Trainer(learned_run(corpus_dir, tmp_path / "run", threshold=0.999))
+    t.fit()
+    out = capsys.readouterr().out
+    assert out.count("learned boundaries collapsed") == 1, out
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert "collapse" in recs[1]["routing_warnings"]
+    assert recs[-1]["router_rate"] < 0.01
