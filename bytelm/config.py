@@ -206,6 +206,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_bytes: int = 131072  # held-out bytes per evaluation (0 = the whole split)
     save_every: int = 500
+    keep_checkpoints: int = 2  # step directories kept in out_dir, the newest included
     log_every: int = 10
     seed: int = 0
     out_dir: str = "runs/default"
@@ -227,6 +228,10 @@ class TrainConfig:
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
         _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
         _check(self.save_every >= 1, f"train.save_every must be >= 1, got {self.save_every}")
+        _check(
+            self.keep_checkpoints >= 1,
+            f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
+        )
         _check(self.eval_bytes >= 0, f"train.eval_bytes must be >= 0, got {self.eval_bytes}")
         _check(
             self.precision in ("auto", "fp32", "bf16"),

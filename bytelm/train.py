@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -29,11 +30,16 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from bytelm.checkpoint import (
+    METRICS_FILE,
+    CheckpointError,
     build_model,
     build_patcher,
+    find_resumable,
+    latest_checkpoint,
     load_trainer_state,
     load_weights,
     save_checkpoint,
+    save_run_checkpoint,
 )
 from bytelm.config import CHECKPOINT_DIR, RunConfig
 from bytelm.data import load_corpus
@@ -76,10 +82,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _rng_state() -> dict:
+    """Every RNG a step may draw from: plain values and tensors (`checkpoint.encode_state`)."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -87,6 +95,8 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
+    if s.get("cuda") and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 class Trainer:
@@ -95,6 +105,13 @@ class Trainer:
     ):
         self.cfg = cfg
         tc = cfg.train
+        out = Path(tc.out_dir)  # checked before the slow part: made if missing, else a dir
+        there = next((p for p in (out, *out.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise CheckpointError(
+                f"bytelm: train.out_dir '{out}' cannot be a directory: '{there}' is a file; "
+                "choose another --train.out_dir"
+            )
         if accelerator is None:
             cuda = torch.cuda.is_available()
             bf16 = tc.precision == "bf16" or (tc.precision == "auto" and cuda)
@@ -143,8 +160,11 @@ class Trainer:
                 kernel_backend(op, "auto", self.acc.device)
             self.forward_loss = torch.compile(self._forward_loss, dynamic=False)
         self.step = 0
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # every step's metrics; metrics.jsonl holds them too
         self.out_dir = Path(tc.out_dir)
+        self._kept: list[str] = []  # this run's step directories in out_dir, newest first
+        self._logged = 0  # lines of out_dir/metrics.jsonl that are this run's history
+        self._log = None  # metrics.jsonl, open while `fit` runs (main process)
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -152,33 +172,84 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
 
-    def save(self, path: Path | None = None) -> Path | None:
-        path = path or self.out_dir / CHECKPOINT
+    def save(self, path: Path | None = None) -> Path:
+        """Checkpoint the run: a new step directory in `out_dir`, named by the pointer, the
+        last `train.keep_checkpoints` kept (`checkpoint.save_run_checkpoint`); or, given a
+        `path` other than `out_dir/checkpoint`, one standalone checkpoint directory there.
+        Returns the checkpoint directory."""
+        tc = self.cfg.train
+        run = path is None or Path(path) == self.out_dir / CHECKPOINT
+        out = self.out_dir / CHECKPOINT if run else Path(path)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            if self._log is not None:  # the history the checkpoint names is durable first
+                self._log.flush()
+                os.fsync(self._log.fileno())
             state = {
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": _rng_state(),
-                "history": self.history,
+                "metrics_records": self._logged,
             }
-            save_checkpoint(path, self.raw_model, self.cfg, state)
+            if run:
+                out, self._kept = save_run_checkpoint(
+                    self.out_dir, self.step, self.raw_model, self.cfg, state, self._kept,
+                    tc.keep_checkpoints,
+                )  # fmt: skip
+            else:
+                save_checkpoint(out, self.raw_model, self.cfg, state)
         self.acc.wait_for_everyone()
-        return path
+        return out
 
     def resume(self, path: Path | None = None) -> bool:
-        """Load `out_dir/checkpoint` if present. Returns whether a checkpoint was loaded."""
-        path = path or self.out_dir / CHECKPOINT
-        if not path.exists():
+        """Continue from the newest complete checkpoint of `out_dir` (or of `path`: a run or
+        checkpoint directory), and say which in one line. Returns whether one was loaded.
+
+        Nothing to resume (no such directory, or nothing a run writes in it) is a fresh
+        start, said so too; run state without a complete checkpoint, or an old-format
+        checkpoint, is a CheckpointError. The history up to the checkpoint comes back from
+        metrics.jsonl, whose later lines (a run killed after its last save) are dropped.
+        """
+        where = Path(path) if path is not None else self.out_dir
+        found = find_resumable(where)
+        main = self.acc.is_main_process
+        if found is None:
+            if main:
+                print(f"resume: nothing to resume in {where}; starting from step 0", flush=True)
             return False
-        state = load_trainer_state(path)
-        load_weights(path, self.raw_model)
+        ckpt, kept = found
+        state = load_trainer_state(ckpt)
+        load_weights(ckpt, self.raw_model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        self.step, self.history = state["step"], state["history"]
+        self.step = state["step"]
+        note = ""
+        if ckpt.parent.resolve() == self.out_dir.resolve():  # this run's: its history, its kept
+            self._kept = kept
+            note = self._restore_history(state.get("metrics_records", 0), truncate=main)
+        if main:
+            print(f"resume: continuing from {ckpt} (step {self.step}){note}", flush=True)
         return True
+
+    def _restore_history(self, n: int, truncate: bool) -> str:
+        """The first `n` lines of out_dir/metrics.jsonl -> `history`; with `truncate`, the
+        file is cut after them. Returns a note for the resume line when they are not there."""
+        path, lines = self.out_dir / METRICS_FILE, []
+        try:
+            with path.open("rb") as f:
+                lines = [f.readline() for _ in range(n)]
+            records = [json.loads(x) for x in lines]
+        except (OSError, ValueError):
+            records = []
+        if len(records) != n or (n and records[-1].get("step", math.inf) > self.step):
+            self._logged = sum(1 for _ in path.open("rb")) if path.is_file() else 0
+            return f"; {METRICS_FILE} does not hold its history, so `history` starts here"
+        self.history, self._logged = records, n
+        if truncate and path.is_file():
+            os.truncate(path, sum(len(x) for x in lines))
+        return ""
 
     # ----------------------------------------------------------------- loop
 
@@ -327,14 +398,32 @@ class Trainer:
             recs[-1]["routing_warnings"] = found
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
-        """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics."""
+        """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics.
+
+        Every step's metrics go to `history` and to out_dir/metrics.jsonl (read back from the
+        device every `train.log_every` steps); a fresh run starts that file afresh, and its
+        first save replaces the checkpoints of a run that was in `out_dir` before.
+        """
         tc, dc = self.cfg.train, self.cfg.data
         if resume:
             self.resume()
         main = self.acc.is_main_process
+        earlier = latest_checkpoint(self.out_dir) if main and not resume and not self.step else None
+        if earlier is not None:
+            print(
+                f"train: {self.out_dir} holds an earlier run ({earlier[0].name}); this run "
+                "replaces it at its first save (--resume continues it instead)",
+                flush=True,
+            )
         if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.out_dir / "metrics.jsonl").open("a") if main else None
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(
+                    f"bytelm: cannot make train.out_dir '{self.out_dir}': {e.strerror or e}"
+                ) from None
+        log = (self.out_dir / METRICS_FILE).open("a" if self._logged else "w") if main else None
+        self._log = log
         bar = None
         if main and tc.progress:
             from tqdm.auto import tqdm
@@ -360,11 +449,10 @@ class Trainer:
             if self.step % tc.log_every == 0 or "bpb" in rec or saving:  # the one host sync
                 self._materialize(pending)
                 self._check_routing(pending)
-                for r in pending:
-                    if log is not None and (r["step"] % tc.log_every == 0 or "bpb" in r):
-                        log.write(json.dumps(r) + "\n")
-                if log is not None:
+                if log is not None:  # every step: metrics.jsonl is the run's history
+                    log.writelines(json.dumps(r) + "\n" for r in pending)
                     log.flush()
+                    self._logged += len(pending)
                 pending = []
                 if bar is not None:
                     post = {"loss": f"{rec['loss']:.3f}", "B/s": f"{rate:,.0f}"}
@@ -381,6 +469,7 @@ class Trainer:
             bar.close()
         if log is not None:
             log.close()
+        self._log = None
         return self.history[-1] if self.history else {}
 
 

@@ -174,3 +174,69 @@ def test_only_the_cli_parses_arguments():
             for name in names:
                 assert name != "argparse", f"{path} imports argparse"
                 assert not name.startswith("bytelm.cli"), f"{path} imports {name}"
+
+
+# ------------------------------------------------------------------ checkpoints and run dirs
+
+
+def small_corpus(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(6):
+        (d / f"d{i}.txt").write_text(f"document {i}: " + "the cat sat on the mat. " * 20)
+    return ["--data.sources", str(d), "--data.heldout_fraction", "0.3",
+            "--data.cache_dir", str(tmp_path / "cache")]  # fmt: skip
+
+
+def test_out_dir_that_is_a_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    for out in ("afile", "afile/run"):
+        code, _, err = run(capsys, "train", "--preset", "tiny", "--train.out_dir",
+                           str(tmp_path / out))  # fmt: skip
+        one_line_error(code, err, f"'{tmp_path / 'afile'}' is a file")
+
+
+def test_checkpoint_whose_config_no_longer_matches_its_weights_is_one_line(capsys, tmp_path):
+    import json
+
+    from bytelm.checkpoint import save_checkpoint
+    from bytelm.model import ByteLM
+
+    cfg = C.load_preset("tiny")
+    ck = save_checkpoint(tmp_path / "ck", ByteLM(cfg.model), cfg)
+    d = json.loads((ck / "config.json").read_text())
+    d["model"]["latent"]["dim"] = 64  # edited after the save
+    (ck / "config.json").write_text(json.dumps(d))
+    code, _, err = run(capsys, "eval", str(ck))
+    one_line_error(code, err, f"checkpoint '{ck}' does not match its config.json")
+
+
+def test_resume_without_a_complete_checkpoint_is_one_line(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')  # killed before a save
+    argv = ["train", "--preset", "tiny", *small_corpus(tmp_path), "--train.out_dir", str(out)]
+    code, _, err = run(capsys, *argv, "--resume")
+    one_line_error(code, err, "holds a run but no complete checkpoint")
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1, "loss": 5.0}\n'  # untouched
+
+
+def test_old_format_checkpoint_is_one_line_then_converts(capsys, tmp_path):
+    import torch
+
+    from bytelm.checkpoint import save_checkpoint
+    from bytelm.model import ByteLM
+
+    out = tmp_path / "run"
+    cfg = C.override(C.load_preset("tiny"), {"train.out_dir": str(out)})
+    ck = save_checkpoint(out / "checkpoint", ByteLM(cfg.model), cfg)
+    torch.save({"step": 1, "history": [{"step": 1, "loss": 5.0}]}, ck / "trainer_state.pt")
+    argv = ["train", "--preset", "tiny", *small_corpus(tmp_path), "--train.out_dir", str(out)]
+    code, _, err = run(capsys, *argv, "--resume")
+    one_line_error(code, err, f"convert it with `bytelm convert {ck}`")
+    code, out_text, err = run(capsys, "convert", str(out))
+    assert code == 0 and "unpickles" in err and "trust" in err
+    assert "converted" in out_text and (ck / "trainer_state.json").is_file()
+    assert not (ck / "trainer_state.pt").exists()
+    code, _, err = run(capsys, "convert", str(out))
+    one_line_error(code, err, "already in the new format")

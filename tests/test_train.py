@@ -228,3 +228,56 @@ def test_accelerate_launch_two_cpu_processes(corpus_dir, tmp_path):
     assert lines[-1]["world_size"] == 2, "accelerate did not start two processes"
     assert (out / "checkpoint" / "model.safetensors").is_file()
     load_model(out / "checkpoint")
+
+
+class Killed(BaseException):
+    """A kill inside a save: nothing in the save path catches it."""
+
+
+def test_a_run_killed_inside_a_save_resumes_from_the_newest_complete_checkpoint(
+    corpus_dir, tmp_path, monkeypatch, capsys
+):
+    """Killed in its step-4 save, after the step directory was renamed in but before the
+    pointer named it: the resumed run continues from step 2 and says so, drops the metrics
+    logged after step 2, and then matches an uninterrupted run step for step."""
+    import bytelm.checkpoint as ck
+
+    kw = dict(steps=6, save_every=2, eval_every=100)
+    full = Trainer(tiny_run(corpus_dir, tmp_path / "full", **kw))
+    full.fit()
+    part = Trainer(tiny_run(corpus_dir, tmp_path / "part", **kw))
+    rename = ck._rename
+
+    def kill_at_the_commit(src, dst):
+        if Path(dst).name == "latest" and part.step == 4:
+            raise Killed
+        rename(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(ck, "_rename", kill_at_the_commit)
+        with pytest.raises(Killed):
+            part.fit()
+    out = tmp_path / "part"
+    assert (out / "checkpoint-000004").is_dir() and ck.read_pointer(out)[0] == "checkpoint-000002"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+    resumed = Trainer(tiny_run(corpus_dir, out, **kw))
+    resumed.fit(resume=True)
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("resume:")]
+    assert said == [f"resume: continuing from {out / 'checkpoint-000002'} (step 2)"]
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+    a = [r["loss"] for r in full.history]
+    assert a == pytest.approx([r["loss"] for r in resumed.history], rel=1e-6, abs=1e-7)
+    assert a == pytest.approx([r["loss"] for r in logged], rel=1e-6, abs=1e-7)
+    assert ck.read_pointer(out) == ck.step_dirs(out) == ["checkpoint-000006", "checkpoint-000004"]
+    assert load_model(out / "checkpoint")[1] == resumed.cfg
+
+
+def test_resume_in_an_empty_out_dir_starts_fresh_and_says_so(corpus_dir, tmp_path, capsys):
+    t = Trainer(tiny_run(corpus_dir, tmp_path / "new", steps=2, save_every=2, eval_every=100))
+    t.fit(resume=True)
+    assert f"resume: nothing to resume in {tmp_path / 'new'}; starting from step 0" in (
+        capsys.readouterr().out
+    )
+    assert t.step == 2 and (tmp_path / "new" / "checkpoint-000002").is_dir()

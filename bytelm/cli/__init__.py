@@ -1,6 +1,7 @@
 """The `bytelm` command: every sub-command and its parser.
 
-    train, train-entropy, eval, demo    bytelm.cli.train
+    train, train-entropy, eval,         bytelm.cli.train
+    convert, demo
     generate                            bytelm.cli.generate
     compare, patch                      bytelm.cli.compare
     sweep {plan,run}, fit               bytelm.cli.sweep

@@ -3,7 +3,8 @@
 The rule: a user error is one line on stderr that starts with `bytelm: `, and the exit code
 is 2; a traceback means a bug. Library code raises `ValueError("bytelm: ...")` (ConfigError,
 ScalingError, CheckpointError, ... are ValueErrors); `dispatch` turns it into that line. Usage
-errors that argparse finds become the same kind of line (`Parser.error`).
+errors that argparse finds become the same kind of line (`Parser.error`), and so does an
+OSError that names a path (no space, no permission): the environment refused, not a bug.
 """
 
 from __future__ import annotations
@@ -163,6 +164,13 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int
         if not msg.startswith("bytelm:"):
             raise
         print(msg.splitlines()[0], file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # no path to name: not about the user's files, so a bug
+            raise
+        # a path the user gave, or the disk, refused (a file where a directory must be, no
+        # permission, no space): say which path and why instead of a traceback
+        print(f"bytelm: {e.strerror or e}: '{e.filename}'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bytelm: interrupted", file=sys.stderr)

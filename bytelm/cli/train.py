@@ -1,6 +1,9 @@
-"""`bytelm train`, `train-entropy`, `eval` and `demo`: the commands that train or score a model."""
+"""`bytelm train`, `train-entropy`, `eval`, `convert` and `demo`: the commands that train, score
+or convert a model."""
 
 from __future__ import annotations
+
+import sys
 
 from bytelm.cli.common import ALL_KEYS, add_command, add_config_source, default_of, resolve_config
 from bytelm.evals.bpb import bpb_of_checkpoint
@@ -41,6 +44,19 @@ def cmd_eval(args, overrides) -> int:
     return 0
 
 
+def cmd_convert(args, overrides) -> int:
+    from bytelm.checkpoint import convert_legacy
+
+    print(
+        f"bytelm convert: warning: this unpickles the trainer_state.pt under {args.checkpoint}, "
+        "which can run any code in it; convert only checkpoints you trust",
+        file=sys.stderr,
+    )
+    path = convert_legacy(args.checkpoint, allow_pickle=True)
+    print(f"{path}: converted to trainer_state.json + trainer_state.safetensors; --resume reads it")
+    return 0
+
+
 def cmd_demo(args, overrides) -> int:
     from bytelm.demo import run_demo
 
@@ -56,7 +72,10 @@ def add_parsers(sub) -> None:
         p = add_command(sub, name, cmd_train, help, config_keys=ALL_KEYS)
         add_config_source(p)
         p.add_argument(
-            "--resume", action="store_true", help="continue from OUT_DIR/checkpoint if it exists"
+            "--resume",
+            action="store_true",
+            help="continue from the newest complete checkpoint in OUT_DIR (none there: start "
+            "afresh; a run there without one: an error)",
         )
         p.set_defaults(default_preset=preset)
 
@@ -72,6 +91,20 @@ def add_parsers(sub) -> None:
         type=float,
         default=0,
         help="entropy patcher: re-calibrate θ to this mean patch size on the held-out split first",
+    )
+
+    p = add_command(
+        sub,
+        "convert",
+        cmd_convert,
+        "convert an old-format checkpoint (trainer_state.pt) to safetensors + JSON, in place",
+        description="Convert an old-format checkpoint, whose trainer state is a pickle "
+        "(trainer_state.pt), in place to trainer_state.json + trainer_state.safetensors, which "
+        "--resume reads; a run's metric history goes to its metrics.jsonl. Unpickling can run "
+        "code: convert only checkpoints you trust.",
+    )
+    p.add_argument(
+        "checkpoint", help="the old checkpoint directory, or the run directory holding it"
     )
 
     p = add_command(
