@@ -52,3 +52,19 @@ def test_a_collapsed_router_is_reported(corpus_dir, tmp_path, capsys):
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert "collapse" in recs[1]["routing_warnings"]
     assert recs[-1]["router_rate"] < 0.01
+
+
+def test_eval_turns_the_knob_of_a_learned_checkpoint(corpus_dir, tmp_path):
+    """`bytelm eval CKPT --target-bytes-per-patch X`: θ calibrated on the held-out split, and
+    the eval windows then hold X bytes per patch."""
+    from bytelm.evals.compression import eval_at_target
+
+    t = Trainer(learned_run(corpus_dir, tmp_path / "run"))
+    t.fit()
+    ckpt = t.save(tmp_path / "ckpt")
+    for target in (3.0, 5.0):
+        r = eval_at_target(str(ckpt), target)
+        assert abs(r["calibrated_bytes_per_patch"] / target - 1) <= 0.02
+        # the eval windows (64 bytes here) also end a patch at each window's last byte
+        assert abs(r["eval_bytes_per_patch"] / target - 1) <= 0.1
+        assert 0 < r["threshold"] < 1 and r["bpb"] > 0

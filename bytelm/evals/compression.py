@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from bytelm import config as C
-from bytelm.vocab import BOS
+from bytelm.patchers.base import ends_to_lengths
+from bytelm.vocab import BOS, PAD
 
 DEFAULT_SPECS = ("fixed:4", "fixed:8", "space", "entropy:4", "entropy:6", "entropy:8", "bpe:8k")
 COLUMNS = (
@@ -286,18 +287,28 @@ def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch
     from bytelm.evals.bpb import evaluate_bpb
 
     model, cfg = load_model(path)
-    if cfg.arch != "bytelm" or cfg.model.patcher.name != "entropy":
+    if cfg.arch != "bytelm" or cfg.model.patcher.name not in ("entropy", "learned"):
         raise ValueError(
-            f"bytelm: --target-bytes-per-patch needs a ByteLM with the entropy patcher; "
-            f"'{path}' uses {cfg.model.patcher.name if cfg.arch == 'bytelm' else cfg.arch}"
+            f"bytelm: --target-bytes-per-patch needs a ByteLM with the entropy or learned "
+            f"patcher; '{path}' uses {cfg.model.patcher.name if cfg.arch == 'bytelm' else cfg.arch}"
         )
     data = cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
     heldout = load_corpus(data)["heldout"]
-    cal = model.patcher.calibrate(heldout, target, progress=True)
+    learned = cfg.model.patcher.name == "learned"
+    if learned:  # the router's p on the same held-out windows the bpb reads
+        from bytelm.model.chunking import calibrate
+
+        _, cal = calibrate(model, heldout, target, data.seq_len, batch_size, max_bytes)
+    else:
+        cal = model.patcher.calibrate(heldout, target, progress=True)
     r = evaluate_bpb(model, heldout, data.seq_len, batch_size, max_bytes)
     n = p = 0
     for ids in heldout.eval_batches(data.seq_len, batch_size, max_bytes):
-        lengths = model.patcher.patch(ids)
+        with torch.no_grad():
+            ends = model.route(ids)[1] if learned else None
+        lengths = (
+            ends_to_lengths(ends, (ids != PAD).sum(-1)) if learned else model.patcher.patch(ids)
+        )
         n, p = n + int(lengths.sum()), p + int((lengths > 0).sum())
     return {
         **r,

@@ -26,6 +26,9 @@ ByteLM per byte, at r bytes per patch and seq_len bytes per window:
                + from_latent 2 G D) / r
     decoder   L_d * block(D, ctx in the decoder window)
     heads     K * (block(D, decoder window) + unembed 2 D V)
+    router    learned patcher only: W_q h, W_k h 4 D^2 per byte, and the smoothing of the
+              latent outputs, one (P x P) . (P x D) matmul per window of P = seq_len / r
+              patches: 2 P^2 D / seq_len per byte
     entropy   the entropy model's forward, when one is given (it is frozen: never 3x)
 
 with block(D, ctx) = 8 D^2 (q, kv, out) + 6 D F (SwiGLU) + 4 ctx D and F the
@@ -110,7 +113,8 @@ def flops_per_byte(
     attention: "causal" counts the keys a query may read; "dense" charges every
         key of the call, as a dense masked SDPA (and FlopCounterMode) does.
 
-    Keys, ByteLM: encoder, pool, latent, decoder, heads, entropy_model, total.
+    Keys, ByteLM: encoder, pool, latent, decoder, heads, (router: the learned patcher),
+    entropy_model, total.
     Keys, ByteTransformer: layers, unembed, entropy_model, total.
     """
     if attention not in ATTENTION_MODES:
@@ -145,6 +149,8 @@ def flops_per_byte(
             "decoder": mult * _stack_flops(cfg.decoder, seq_len, doc_len, attention),
             "heads": mult * cfg.out_heads.n * (head + 2 * D * V),
         }
+        if cfg.patcher.name == "learned":
+            out["router"] = mult * (4 * D * D + 2 * n_patches * n_patches * D / seq_len)
     else:
         raise _err(
             f"flops_per_byte needs a ByteLMConfig or TransformerConfig, got {type(model_cfg).__name__}"
@@ -173,7 +179,8 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
     "embedding" is the lookup tables (byte and hashed n-gram); everything else,
     the unembedding included, is "non_embedding".
     Stages, ByteLM: encoder, pool, latent (to_latent, the stack, its norm,
-    from_latent), decoder, heads (K blocks, final norm, shared unembedding).
+    from_latent), decoder, heads (K blocks, final norm, shared unembedding), and router
+    (W_q, W_k) for the learned patcher.
     Stages, ByteTransformer: layers, unembed (final norm and unembedding).
     """
     V = VOCAB_SIZE
@@ -194,6 +201,8 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
             "heads": cfg.out_heads.n * _block_params(cfg.decoder) + D + D * V,
             "embedding": V * D + len(cfg.ngram.ns) * buckets * D,
         }
+        if cfg.patcher.name == "learned":
+            out["router"] = 2 * D * D  # W_q, W_k
     else:
         raise _err(
             f"param_counts needs a ByteLMConfig or TransformerConfig, got {type(model_cfg).__name__}"
@@ -209,14 +218,16 @@ def run_size(run_cfg) -> dict[str, float]:
     "params_non_embedding" always; "flops_per_byte" (training) when the config
     fixes the patch rate: fixed:k gives k (the data's mean is a little lower,
     since patches also end at EOS), a calibrated entropy patcher its measured
-    rate. space and bpe patches depend on the data, so they get no FLOPs here.
+    rate, a learned one its calibrated rate or else its ratio-loss target (which training
+    approaches). space and bpe patches depend on the data, so they get no FLOPs here.
     """
     model = run_cfg.transformer if run_cfg.arch == "transformer" else run_cfg.model
     out: dict[str, float] = {"params_non_embedding": param_counts(model)["non_embedding"]}
     r: float | None = 1.0
     if run_cfg.arch == "bytelm":
         pc = run_cfg.model.patcher
-        rates = {"fixed": pc.k, "entropy": pc.measured_bytes_per_patch or pc.target_bytes_per_patch}
+        measured = pc.measured_bytes_per_patch or pc.target_bytes_per_patch
+        rates = {"fixed": pc.k, "entropy": measured, "learned": measured}
         r = rates.get(pc.name)
     if r:
         out["flops_per_byte"] = flops_per_byte(model, r, run_cfg.data.seq_len)["total"]

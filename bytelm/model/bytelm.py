@@ -161,7 +161,7 @@ class ByteLM(nn.Module):
         )
         u = unpool(z, ctx)  # (B, T, D)
         if prob is not None:  # x 1 forward; backward, the gradient of the decision's probability
-            u = u * confidence(prob, ends)
+            u = u * confidence(prob, ends).to(u.dtype)
 
         # decode
         d = self.decoder(h + u, docs, pos, backend)  # (B, T, D)
