@@ -281,7 +281,8 @@ class Trainer:
         exact count, since padded slots cost latent work and buy an eager step nothing (the
         demo on CPU: bucket 64 pads P from ~78 to 128, 20% slower; train_compile.md).
         A learned source decides from the model's encoder states, so it gets neither: the
-        forward finds the ends and reads their count back, one host sync per micro-batch.
+        forward finds the ends and reads their count back, one host sync per micro-batch
+        (rounded up to the bucket there when compiled).
         """
         tc, dc = self.cfg.train, self.cfg.data
         rank, world = self.acc.process_index, self.acc.num_processes

@@ -10,7 +10,9 @@ import torch
 from bytelm import config as C
 from bytelm.checkpoint import load_model
 from bytelm.model.chunking import STATS
+from bytelm.patchers import ends_to_lengths
 from bytelm.train import Trainer
+from bytelm.vocab import PAD
 from tests.test_train import WORDS, tiny_run
 
 
@@ -68,3 +70,35 @@ def test_eval_turns_the_knob_of_a_learned_checkpoint(corpus_dir, tmp_path):
         # the eval windows (64 bytes here) also end a patch at each window's last byte
         assert abs(r["eval_bytes_per_patch"] / target - 1) <= 0.1
         assert 0 < r["threshold"] < 1 and r["bpb"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_learned_step_matches_eager_without_recompiling(corpus_dir, tmp_path):
+    """`train.compile` with a learned source: the patch count is read back outside the graph
+    and rounded up to the bucket (capped at T), so a step with another count reuses the graphs;
+    loss and routing stats equal eager's."""
+    import torch._dynamo.utils as dynamo_utils
+
+    def run(mode):
+        cfg = learned_run(corpus_dir, tmp_path / mode)
+        return Trainer(C.override(cfg, {"train.compile": mode, "data.seq_len": "128"}))
+
+    eager, compiled = run("off"), run("on")
+    graphs, counts = None, set()
+    for step in range(4):
+        got = {}
+        for t in (compiled, eager):
+            t.optimizer.zero_grad(set_to_none=True)
+            ids, _, _ = t.batch(step)
+            loss, _ = t.forward_loss(ids)
+            loss.backward()
+            got[t.compiled] = (loss.detach(), t.routing)
+        assert torch.allclose(got[True][0], got[False][0], atol=1e-5)
+        assert torch.allclose(got[True][1], got[False][1], atol=1e-5)
+        with torch.no_grad():
+            ends = eager.raw_model.route(ids)[1]
+            counts.add(ends_to_lengths(ends, (ids != PAD).sum(-1)).shape[1])  # P, exact
+        if graphs is None:
+            graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    assert len(counts) > 1, "the steps must differ in patch count"
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs, "a new count recompiled"

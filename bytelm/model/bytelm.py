@@ -49,6 +49,14 @@ from bytelm.vocab import PAD, VOCAB_SIZE
 COMPACT_ROWS = 4
 
 
+@torch.compiler.disable
+def _bucketed_count(ends: torch.Tensor, n_bytes: torch.Tensor, bucket: int) -> int:
+    """The patch count of ends (B, T), rounded up to `bucket` and capped at T. Outside the
+    compiled graph, so that only the rounded count, not the exact one, is a guard."""
+    n = ends_to_lengths(ends, n_bytes).shape[1]
+    return min(-(-n // bucket) * bucket, ends.shape[1])
+
+
 class ByteLM(nn.Module):
     def __init__(self, cfg: ByteLMConfig, patcher: BoundarySource | None = None):
         """`patcher`: the boundary source; by default the one `cfg.patcher` describes, which
@@ -124,6 +132,10 @@ class ByteLM(nn.Module):
         elif ends is None:
             ends = self.patcher.ends(ids)
         n_bytes = (ids != PAD).sum(-1)
+        if prob is not None and n_patches is None and torch.compiler.is_compiling():
+            # a compiled step of a learned source: its count is read back (a graph break) and
+            # rounded up to model.patch_bucket, so that P takes a few values, one graph each
+            n_patches = _bucketed_count(ends, n_bytes, self.cfg.patch_bucket)
         lengths = ends_to_lengths(ends, n_bytes, n_patches)  # (B, P)
         # checked on the device, not read back (a second sync): a caller's n_patches one short
         # of a row's count would otherwise drop that row's last patch silently
