@@ -56,20 +56,51 @@ def test_a_collapsed_router_is_reported(corpus_dir, tmp_path, capsys):
     assert recs[-1]["router_rate"] < 0.01
 
 
-def test_eval_turns_the_knob_of_a_learned_checkpoint(corpus_dir, tmp_path):
+@pytest.fixture(scope="module")
+def learned_ckpt(corpus_dir, tmp_path_factory):
+    """A learned ByteLM checkpoint trained a few steps on the tiny corpus."""
+    tmp = tmp_path_factory.mktemp("learned")
+    t = Trainer(learned_run(corpus_dir, tmp / "run"))
+    t.fit()
+    return str(t.save(tmp / "ckpt"))
+
+
+def test_eval_turns_the_knob_of_a_learned_checkpoint(learned_ckpt):
     """`bytelm eval CKPT --target-bytes-per-patch X`: θ calibrated on the held-out split, and
     the eval windows then hold X bytes per patch."""
     from bytelm.evals.compression import eval_at_target
 
-    t = Trainer(learned_run(corpus_dir, tmp_path / "run"))
-    t.fit()
-    ckpt = t.save(tmp_path / "ckpt")
     for target in (3.0, 5.0):
-        r = eval_at_target(str(ckpt), target)
+        r = eval_at_target(learned_ckpt, target)
         assert abs(r["calibrated_bytes_per_patch"] / target - 1) <= 0.02
         # the eval windows (64 bytes here) also end a patch at each window's last byte
         assert abs(r["eval_bytes_per_patch"] / target - 1) <= 0.1
         assert 0 < r["threshold"] < 1 and r["bpb"] > 0
+
+
+def test_compare_and_patch_take_learned_checkpoints(learned_ckpt, corpus_dir, capsys):
+    from bytelm.checkpoint import load_config
+    from bytelm.cli import main
+    from bytelm.data import load_corpus
+    from bytelm.evals.compression import compare, parse_spec
+
+    assert parse_spec(f"learned:{learned_ckpt}@5").value == 5.0
+    assert parse_spec(f"learned:{learned_ckpt}").path == learned_ckpt
+    with pytest.raises(ValueError, match="learned:CKPT"):
+        parse_spec("learned:")
+    corpora = {"tiny": load_corpus(load_config(learned_ckpt).data, progress=False)}
+    rows = compare(corpora, ["fixed:4", f"learned:{learned_ckpt}", f"learned:{learned_ckpt}@5"])
+    at_own, at5 = rows[1], rows[2]
+    assert at_own["bpb"] > 0 and at5["bpb"] > 0
+    assert abs(at5["mean"] / 5 - 1) < 0.1 and at5["threshold"] != at_own["threshold"]
+    text = "def f(x):    return x + 1  # the cat sat on the mat"
+    assert main(["patch", "--no-color", "--patcher", f"learned:{learned_ckpt}", text]) == 0
+    out = capsys.readouterr().out
+    assert "|" in out and "(router p)" in out
+    assert main(["patch", "--no-color", "--threshold", "0.999", "--patcher",
+                 f"learned:{learned_ckpt}", text]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "θ = 0.9990" in out
 
 
 @pytest.mark.slow

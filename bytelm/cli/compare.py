@@ -179,15 +179,25 @@ def cmd_patch(args, overrides) -> int:
                 file=sys.stderr,
             )
     spec = parse_spec(text)
+    learned = spec.kind == "learned"
+    if learned and args.threshold is not None:  # θ as given: nothing to calibrate
+        spec = dataclasses.replace(spec, value=0.0)
     factory = PatcherFactory(entropy_model, args.max_patch_len, args.mode)
     corpus = None
-    if spec.kind == "bpe" or (spec.kind == "entropy" and args.threshold is None):
+    if (
+        spec.kind == "bpe"
+        or (spec.kind == "entropy" and args.threshold is None)
+        or spec.value
+        and learned
+    ):
         from bytelm.checkpoint import load_config
         from bytelm.data import load_corpus
 
         base = C.RunConfig().data
         if spec.kind == "entropy":
             base = load_config(factory.entropy_base().source).data
+        if learned:  # calibrate on the checkpoint's own held-out split
+            base = load_config(spec.path).data
         data_cfg = C.override(C.RunConfig(data=base), overrides).data
         corpus = load_corpus(data_cfg, progress=True)
     if spec.kind == "entropy" and args.threshold is not None:
@@ -195,6 +205,8 @@ def cmd_patch(args, overrides) -> int:
         patcher.threshold = theta
     else:
         patcher, theta = factory.build(spec, corpus, C.CALIBRATION_BYTES)
+    if learned and args.threshold is not None:
+        patcher.model.patcher.threshold = theta = args.threshold
     ids = encode(data, bos=True, eos=False)[None]
     lengths = patcher.patch(ids)[0]
     lengths = lengths[lengths > 0].tolist()
@@ -204,7 +216,8 @@ def cmd_patch(args, overrides) -> int:
     print(
         f"\n{spec.text}: {len(ids_l)} bytes (with BOS) in {len(lengths)} patches, "
         f"{len(ids_l) / len(lengths):.2f} bytes/patch"
-        + (f", θ = {theta:.4f} bits ({patcher.mode})" if theta is not None else "")
+        + (f", θ = {theta:.4f} (router p)" if learned else "")
+        + (f", θ = {theta:.4f} bits ({patcher.mode})" if theta is not None and not learned else "")
     )
     if spec.kind == "entropy" and (args.entropies or args.plot):
         H = patcher.entropies(ids)[0].tolist()
@@ -234,8 +247,8 @@ def add_patch_parser(sub) -> None:
     p.add_argument(
         "--patcher",
         default=None,
-        help=f"a spec: fixed:4, space, entropy:6, bpe:8k (default: entropy:{DEFAULT_TARGET:g} "
-        "if an entropy model exists, else space)",
+        help=f"a spec: fixed:4, space, entropy:6, bpe:8k, learned:CKPT[@6] (default: "
+        f"entropy:{DEFAULT_TARGET:g} if an entropy model exists, else space)",
     )
     p.add_argument(
         "--entropy-model",
@@ -244,7 +257,10 @@ def add_patch_parser(sub) -> None:
         f"train.out_dir, {default_entropy_model()})",
     )
     p.add_argument(
-        "--threshold", type=float, default=None, help="use this θ instead of calibrating entropy:X"
+        "--threshold",
+        type=float,
+        default=None,
+        help="use this θ instead of calibrating entropy:X (or of learned:CKPT's own)",
     )
     p.add_argument("--mode", default=C.PatcherConfig.mode, choices=C.PATCHER_MODES)
     p.add_argument("--max-patch-len", type=int, default=C.MAX_PATCH_LEN)

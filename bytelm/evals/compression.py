@@ -12,7 +12,10 @@ document patched as [BOS] + bytes + [EOS]):
 
 Patchers are spec strings: `fixed:4`, `space`, `entropy:6` (target bytes per
 patch; θ is calibrated on the held-out sample), `bpe:8k` (vocabulary size; the
-tokenizer is trained on the training split). `--calibrate-on NAME` fits θ and
+tokenizer is trained on the training split), `learned:CKPT` (the router of a
+learned ByteLM checkpoint at its own θ; `learned:CKPT@6` calibrates θ to 6 on
+the held-out sample; its held-out bpb fills the bpb column; the stream is routed
+in windows of the checkpoint's seq_len, as its evaluation sees it). `--calibrate-on NAME` fits θ and
 the BPE tokenizer on one corpus and applies them to all, to see how one
 patcher's compression moves across corpora; by default each corpus gets its own.
 """
@@ -52,19 +55,27 @@ COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    kind: str  # fixed | space | entropy | bpe
-    value: float  # k, target bytes/patch, or vocabulary size (0 for space)
+    kind: str  # fixed | space | entropy | bpe | learned
+    value: float  # k, target bytes/patch, or vocabulary size (0 for space, learned at its θ)
     text: str
+    path: str = ""  # learned: the checkpoint
 
     def __str__(self):
         return self.text
 
 
 def parse_spec(text: str) -> Spec:
-    """'fixed:4' | 'space' | 'entropy:4.5' | 'bpe:8k' -> Spec."""
+    """'fixed:4' | 'space' | 'entropy:4.5' | 'bpe:8k' | 'learned:CKPT[@6]' -> Spec."""
     from bytelm.patchers.bpe import parse_vocab
 
     kind, _, arg = text.strip().partition(":")
+    if kind == "learned" and arg:
+        path, at, target = arg.rpartition("@") if "@" in arg else (arg, "", "")
+        try:
+            if not at or float(target) > 1:
+                return Spec("learned", float(target) if at else 0.0, text, path)
+        except ValueError:
+            pass
     try:
         if kind == "space" and not arg:
             return Spec("space", 0, text)
@@ -77,8 +88,8 @@ def parse_spec(text: str) -> Spec:
     except ValueError:
         pass
     raise ValueError(
-        f"bytelm: bad patcher spec {text!r}; use fixed:K, space, entropy:TARGET (>= 1) or bpe:VOCAB "
-        "(e.g. fixed:4 space entropy:6 bpe:8k)"
+        f"bytelm: bad patcher spec {text!r}; use fixed:K, space, entropy:TARGET (>= 1), bpe:VOCAB "
+        "or learned:CKPT[@TARGET] (e.g. fixed:4 space entropy:6 bpe:8k learned:runs/x@6)"
     )
 
 
@@ -97,6 +108,12 @@ def heldout_sample(split, max_bytes: int | None) -> torch.Tensor:
 def stream_patch_lengths(patcher, ids: torch.Tensor, entropies: torch.Tensor | None = None):
     """Patch lengths (np.int64, in order) of a packed stream of whole documents, each
     patched on its own. `entropies` (aligned with ids) skips the entropy model."""
+    if patcher.name == "learned":  # the model's windows: rows of seq_len
+        L, n = patcher.seq_len, len(ids)
+        rows = torch.full((-(-n // L), L), 258, dtype=ids.dtype)
+        rows.view(-1)[:n] = ids
+        lengths = patcher.patch(rows)
+        return lengths[lengths > 0].numpy()
     if patcher.name in ("entropy", "bpe"):  # vectorised over the stream: one row
         kw = {} if entropies is None else {"entropies": entropies[None]}
         lengths = patcher.patch(ids[None], **kw)[0]
@@ -181,10 +198,45 @@ class PatcherFactory:
             from bytelm.patchers.bpe import BPEPatcher
 
             return BPEPatcher.for_corpus(corpus["train"], int(spec.value)), None
+        if spec.kind == "learned":
+            return LearnedPatching.load(spec, corpus, max_bytes)
         base = self.entropy_base()
         p = _copy_entropy(base)  # one model, a threshold per spec and corpus
         cal = p.calibrate(corpus["heldout"], spec.value, max_bytes=max_bytes)
         return p, cal.threshold
+
+
+class LearnedPatching:
+    """The patches of a learned ByteLM checkpoint's router, as a patcher: `patch(ids)` routes
+    rows (B, T) through the model's embedding, encoder and router."""
+
+    name = "learned"
+
+    def __init__(self, model, seq_len: int):
+        self.model, self.seq_len = model, seq_len
+
+    @classmethod
+    def load(cls, spec: Spec, corpus: dict | None, max_bytes: int | None):
+        """-> (patching, θ): the checkpoint's θ, or θ calibrated to spec.value on the held-out
+        split of `corpus`."""
+        from bytelm.checkpoint import load_model
+
+        model, cfg = load_model(spec.path)
+        if cfg.arch != "bytelm" or cfg.model.patcher.name != "learned":
+            raise ValueError(f"bytelm: {spec.text}: '{spec.path}' is not a learned ByteLM")
+        if spec.value:
+            from bytelm.model.chunking import calibrate
+
+            calibrate(model, corpus["heldout"], spec.value, cfg.data.seq_len, max_bytes=max_bytes)
+        return cls(model, cfg.data.seq_len), model.patcher.threshold
+
+    @property
+    def max_patch_len(self) -> int:
+        return self.model.patcher.max_patch_len
+
+    @torch.no_grad()
+    def patch(self, ids: torch.Tensor) -> torch.Tensor:
+        return ends_to_lengths(self.model.route(ids)[1], (ids != PAD).sum(-1))
 
 
 def _copy_entropy(p):
@@ -255,11 +307,19 @@ def compare(
             if model_cfg is not None:
                 r = row["mean"]
                 ent = entropy_cfg if spec.kind == "entropy" else None
-                row["train_flops_per_byte"] = flops_per_byte(model_cfg, r, seq_len, True)["total"]
+                cfg = model_cfg
+                if spec.kind == "learned":  # the same model, with the router's cost
+                    cfg = dataclasses.replace(model_cfg, patcher=C.PatcherConfig("learned"))
+                row["train_flops_per_byte"] = flops_per_byte(cfg, r, seq_len, True)["total"]
                 row["infer_flops_per_byte"] = flops_per_byte(
-                    model_cfg, r, seq_len, False, entropy_model=ent
+                    cfg, r, seq_len, False, entropy_model=ent
                 )["total"]
-            if checkpoints and spec.text in checkpoints:
+            if spec.kind == "learned":  # the checkpoint is in the spec, at the row's θ
+                from bytelm.evals.bpb import evaluate_bpb
+
+                held = corpus["heldout"]
+                row["bpb"] = evaluate_bpb(patcher.model, held, patcher.seq_len, 8, max_bytes)["bpb"]
+            elif checkpoints and spec.text in checkpoints:
                 row["bpb"] = bpb_at(checkpoints[spec.text], corpus["heldout"], spec, max_bytes)
             rows.append(row)
             if log is not None:
@@ -276,6 +336,10 @@ def bpb_at(path: str, heldout, spec: Spec | None = None, max_bytes: int | None =
     model, cfg = load_model(path)
     if spec is not None and spec.kind == "entropy" and cfg.model.patcher.name == "entropy":
         model.patcher.calibrate(heldout, spec.value, max_bytes=max_bytes)
+    if spec is not None and spec.kind == "learned" and spec.value:
+        from bytelm.model.chunking import calibrate
+
+        calibrate(model, heldout, spec.value, cfg.data.seq_len, max_bytes=max_bytes)
     return evaluate_bpb(model, heldout, cfg.data.seq_len, 8, max_bytes)["bpb"]
 
 
