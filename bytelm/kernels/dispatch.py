@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from functools import cache
 
 import torch
@@ -31,6 +32,12 @@ def triton_available() -> bool:
 
 def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def compiling() -> bool:
+    """Inside a torch.compile trace? Without importing dynamo (and triton) when it is not
+    loaded: nothing can be compiling then."""
+    return "torch._dynamo" in sys.modules and torch.compiler.is_compiling()
 
 
 def resolve_backend(op: str, backend: str, device: torch.device) -> str:
@@ -52,7 +59,7 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
                 f"bytelm: {op} backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 "
                 "set before triton is imported; use backend='reference' on CPU"
             )
-    if (op, choice) not in _logged and not torch.compiler.is_compiling():  # would break graphs
+    if (op, choice) not in _logged and not compiling():  # a log call would break the graph
         _logged.add((op, choice))
         logger.info(
             "bytelm: %s uses the %s backend (asked %r, device %s)", op, choice, backend, device

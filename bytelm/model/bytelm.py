@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from bytelm.config import ByteLMConfig
 from bytelm.kernels.attention import MaskSpec
+from bytelm.kernels.dispatch import compiling
 from bytelm.kernels.pooling import pool, unpool
 from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.chunking import Routing, confidence, gate, patch_gates, smooth
@@ -49,12 +50,25 @@ from bytelm.vocab import PAD, VOCAB_SIZE
 COMPACT_ROWS = 4
 
 
-@torch.compiler.disable
-def _bucketed_count(ends: torch.Tensor, n_bytes: torch.Tensor, bucket: int) -> int:
-    """The patch count of ends (B, T), rounded up to `bucket` and capped at T. Outside the
-    compiled graph, so that only the rounded count, not the exact one, is a guard."""
+def _count(ends: torch.Tensor, n_bytes: torch.Tensor, bucket: int) -> int:
     n = ends_to_lengths(ends, n_bytes).shape[1]
     return min(-(-n // bucket) * bucket, ends.shape[1])
+
+
+_count_outside_graph = None  # torch.compiler.disable(_count), made when first needed
+
+
+def _bucketed_count(ends: torch.Tensor, n_bytes: torch.Tensor, bucket: int) -> int:
+    """The patch count of ends (B, T), rounded up to `bucket` and capped at T. Outside the
+    compiled graph, so that only the rounded count, not the exact one, is a guard. The
+    disabled wrapper is built lazily: `torch.compiler.disable` imports dynamo (and with it
+    triton), which eager users of bytelm never need."""
+    global _count_outside_graph
+    if not compiling():
+        return _count(ends, n_bytes, bucket)
+    if _count_outside_graph is None:
+        _count_outside_graph = torch.compiler.disable(_count)
+    return _count_outside_graph(ends, n_bytes, bucket)
 
 
 class ByteLM(nn.Module):

@@ -26,7 +26,7 @@ import torch
 
 from bytelm.config import ATTN_BACKENDS as BACKENDS
 from bytelm.kernels.attention.reference import MaskSpec, attention_reference
-from bytelm.kernels.dispatch import triton_available
+from bytelm.kernels.dispatch import compiling, triton_available
 
 __all__ = ["MaskSpec", "attention", "resolve_backend", "BACKENDS"]
 
@@ -73,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"bytelm: attention backend 'xformers' needs CUDA tensors, got {device.type}; "
                 "use backend='sdpa' (or 'auto') there"
             )
-    if choice not in _logged and not torch.compiler.is_compiling():  # a log call breaks graphs
+    if choice not in _logged and not compiling():  # a log call would break the graph
         _logged.add(choice)
         logger.info(
             "bytelm: attention uses the %s backend (asked %r, device %s)", choice, backend, device
