@@ -15,27 +15,10 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.common import write_results
+from benchmarks.common import count_ops, write_results
 from bytelm.patchers import FixedPatcher, SpacePatcher, ends_to_lengths
 from bytelm.vocab import BOS, EOS
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
-def ops(fn) -> int:
-    with CountOps() as c:
-        fn()
-    return c.n
 
 
 def cpu_ms(fn, reps: int = 5) -> float:
@@ -76,12 +59,12 @@ def main() -> None:
                 {
                     "patcher": p.name,
                     "B x T": f"{args.batch} x {T}",
-                    "ops: step loop": ops(loop),
-                    "ops: vectorised": ops(vec),
+                    "ops: step loop": count_ops(loop),
+                    "ops: vectorised": count_ops(vec),
                     "ms: step loop": t_loop,
                     "ms: vectorised": t_vec,
                     "speedup": t_loop / t_vec,
-                    "ops: ends_to_lengths": ops(lambda e=ends: ends_to_lengths(e)),
+                    "ops: ends_to_lengths": count_ops(lambda e=ends: ends_to_lengths(e)),
                 }
             )
             print(rows[-1])
