@@ -214,6 +214,7 @@ class TrainConfig:
     # torch.compile the forward and loss: auto (on CUDA; off on CPU, see
     # benchmarks/results/train_compile.md) | on | off
     compile: str = "auto"
+    prefetch: bool = True  # build the next micro-batch in a background thread during the step
     progress: bool = True
 
     def __post_init__(self):

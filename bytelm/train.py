@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -151,6 +152,8 @@ class Trainer:
         # eager one, but a cold compile costs 70-120 CPU-s: it pays only after ~600-1400 steps
         # (benchmarks/results/train_compile.md), and the demo and the tests run far fewer
         self.compiled = tc.compile == "on" or (tc.compile == "auto" and cuda)
+        self._prefetcher = ThreadPoolExecutor(1, "bytelm-batches") if tc.prefetch else None
+        self._prefetched: dict[int, Future] = {}
         self.forward_loss = self._forward_loss
         if self.compiled:  # the wrapped model inside, so DDP still syncs gradients
             # choose the attention and kernel backends before tracing: each logs its choice
@@ -274,6 +277,28 @@ class Trainer:
         """Training micro-batch `micro_step` -> (ids (B, T), ends (B, T) or None, P or None) on
         the device, for `forward_loss`.
 
+        With `train.prefetch`, micro-batch `micro_step + 1` is then built on the host in a
+        background thread while this one trains. A batch is a pure function of its step, so
+        prefetching changes no batch, and at most one is built at a time (the next call waits
+        for it), so the entropy cache is never filled from two threads at once.
+        """
+        future = self._prefetched.pop(micro_step, None)
+        for stale in self._prefetched.values():  # a jump (resume): never two builds at once
+            stale.result()
+        ids, ends, n_patches = (
+            future.result() if future is not None else self._host_batch(micro_step)
+        )
+        if self._prefetcher is not None:
+            self._prefetched = {
+                micro_step + 1: self._prefetcher.submit(self._host_batch, micro_step + 1)
+            }
+        dev = self.acc.device
+        to = lambda x: x.to(dev, non_blocking=dev.type == "cuda")  # pinned by _host_batch
+        return to(ids), None if ends is None else to(ends), n_patches
+
+    def _host_batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """`batch` on the host (pinned on CUDA, so the copy to the device does not wait).
+
         For a ByteLM the patch ends are found on the host, where the batch is made (from the
         cached entropies for the entropy patcher), and counted there, so the forward reads
         nothing back. A compiled step rounds the count up to `model.patch_bucket` (capped at
@@ -298,12 +323,9 @@ class Trainer:
             count = ends_to_lengths(ends, (ids != PAD).sum(-1)).shape[1]  # host tensors: no sync
             bucket = self.cfg.model.patch_bucket if self.compiled else 1
             n_patches = min(-(-count // bucket) * bucket, ids.shape[1])
-        dev = self.acc.device
-        if dev.type == "cuda":  # a pageable copy would wait for the GPU to drain: pin it
-            to = lambda x: x.pin_memory().to(dev, non_blocking=True)
-        else:
-            to = lambda x: x.to(dev)
-        return to(ids), None if ends is None else to(ends), n_patches
+        if self.acc.device.type == "cuda":  # a pageable copy would wait for the GPU to drain
+            ids, ends = ids.pin_memory(), None if ends is None else ends.pin_memory()
+        return ids, ends, n_patches
 
     def _forward_loss(
         self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None

@@ -281,3 +281,19 @@ def test_resume_in_an_empty_out_dir_starts_fresh_and_says_so(corpus_dir, tmp_pat
         capsys.readouterr().out
     )
     assert t.step == 2 and (tmp_path / "new" / "checkpoint-000002").is_dir()
+
+
+def test_prefetched_batches_are_the_batches(corpus_dir, tmp_path):
+    """train.prefetch builds the next micro-batch in a thread: same batches, same losses."""
+    runs = {}
+    for prefetch in (True, False):
+        cfg = tiny_run(corpus_dir, tmp_path / f"p{prefetch}", steps=4, eval_every=100,
+                       save_every=100, grad_accum=2, prefetch=prefetch)  # fmt: skip
+        t = Trainer(cfg)
+        assert (t._prefetcher is not None) == prefetch
+        batches = [t.batch(s) for s in (0, 1, 2, 5, 6)]  # in order, then a jump
+        t.fit()
+        runs[prefetch] = (batches, [r["loss"] for r in t.history])
+    for a, b in zip(runs[True][0], runs[False][0]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert runs[True][1] == runs[False][1]
