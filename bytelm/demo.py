@@ -84,7 +84,8 @@ def run_demo(cfg: RunConfig) -> int:
     raw = heldout_bytes(held, cfg.train.eval_bytes or None)
     rows = [("bytelm (this run)", ev["bpb"])] + list(compressor_bpb(raw).items())
     print(
-        f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {train_s / 60:.1f} min of training):"
+        f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {cfg.data.heldout_rule()}, "
+        f"{train_s / 60:.1f} min of training):"
     )
     for name, v in rows:
         print(f"  {name:<20} {v:6.3f}")

@@ -240,3 +240,19 @@ def test_old_format_checkpoint_is_one_line_then_converts(capsys, tmp_path):
     assert not (ck / "trainer_state.pt").exists()
     code, _, err = run(capsys, "convert", str(out))
     one_line_error(code, err, "already in the new format")
+
+
+def test_eval_says_how_the_heldout_split_was_made(capsys, tmp_path):
+    from bytelm.checkpoint import save_checkpoint
+    from bytelm.model import ByteLM
+
+    (tmp_path / "notes.txt").write_text("the cat sat on the mat. " * 200)
+    cfg = C.override(
+        C.load_preset("tiny"),
+        {"data.sources": str(tmp_path / "notes.txt"), "data.split": "tail",
+         "data.heldout_fraction": "0.1", "data.cache_dir": str(tmp_path / "cache")},
+    )  # fmt: skip
+    ck = save_checkpoint(tmp_path / "ck", ByteLM(cfg.model), cfg)
+    code, out, _ = run(capsys, "eval", str(ck))
+    assert code == 0 and "bits per byte" in out
+    assert "held out by position: the last 10% of each document" in out

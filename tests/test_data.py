@@ -560,3 +560,10 @@ def test_config_accepts_lists():
     assert cfg.sources == ("a", "b") and hash(cfg) == hash(DataConfig(sources=("a", "b")))
     with pytest.raises(AttributeError):
         cfg.seq_len = 3  # frozen
+
+
+def test_every_result_says_how_it_was_held_out():
+    tail = DataConfig(sources=["x"], split="tail", heldout_fraction=0.1).heldout_rule()
+    assert "by position" in tail and "10%" in tail
+    docs = DataConfig(sources=["x"], heldout_fraction=0.05).heldout_rule()
+    assert "by document" in docs and "5%" in docs

@@ -19,7 +19,8 @@ def cmd_train(args, overrides) -> int:
     if trainer.acc.is_main_process:
         print(
             f"step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
-            f"held-out bpb {last.get('bpb', float('nan')):.4f}; checkpoint in {cfg.train.out_dir}/checkpoint"
+            f"held-out bpb {last.get('bpb', float('nan')):.4f} ({cfg.data.heldout_rule()}); "
+            f"checkpoint in {cfg.train.out_dir}/checkpoint"
         )
     return 0
 
@@ -34,13 +35,16 @@ def cmd_eval(args, overrides) -> int:
             f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes at "
             f"θ = {r['threshold']:.4f} ({r['calibrated_bytes_per_patch']:.2f} bytes/patch "
             f"calibrated, {r['eval_bytes_per_patch']:.2f} in the eval windows; trained at "
-            f"{r['trained_target']:g})"
+            f"{r['trained_target']:g}; {r['heldout_rule']})"
         )
         return 0
     r = bpb_of_checkpoint(
         args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
     )
-    print(f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes")
+    print(
+        f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes "
+        f"({r['heldout_rule']})"
+    )
     return 0
 
 

@@ -46,6 +46,14 @@ class DataConfig:
     batch_size: int = 16
     cache_dir: str = ""  # empty: $BYTELM_CACHE_DIR, else ~/.cache/bytelm
 
+    def heldout_rule(self) -> str:
+        """How the held-out split was made, for every printed result: a `tail` split holds out
+        by position, so its held-out bytes continue documents the model trained on."""
+        pct = f"{self.heldout_fraction:.0%}"
+        if self.split == "tail":
+            return f"held out by position: the last {pct} of each document"
+        return f"held out by document: {pct} of documents, by a hash of their names"
+
     def __post_init__(self):
         sources = (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
         object.__setattr__(self, "sources", sources)  # accept a list; the config stays hashable

@@ -62,4 +62,5 @@ def bpb_of_checkpoint(
         cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
     )
     heldout = load_corpus(data_cfg)["heldout"]
-    return evaluate_bpb(model, heldout, data_cfg.seq_len, batch_size, max_bytes)
+    r = evaluate_bpb(model, heldout, data_cfg.seq_len, batch_size, max_bytes)
+    return {**r, "heldout_rule": data_cfg.heldout_rule()}

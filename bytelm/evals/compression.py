@@ -366,6 +366,7 @@ def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch
     else:
         cal = model.patcher.calibrate(heldout, target, progress=True)
     r = evaluate_bpb(model, heldout, data.seq_len, batch_size, max_bytes)
+    r["heldout_rule"] = data.heldout_rule()
     n = p = 0
     for ids in heldout.eval_batches(data.seq_len, batch_size, max_bytes):
         with torch.no_grad():
