@@ -24,6 +24,7 @@ PATCHERS = ("fixed", "space", "entropy", "bpe", "learned")
 PATCHER_MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "xformers")
 POOLINGS = ("mean", "max", "sum", "attn")
+HEAD_KINDS = ("block", "mlp", "linear")  # see bytelm.model.heads
 MAX_PATCH_LEN = 16  # the default cap on a patch, for every patcher
 CALIBRATION_BYTES = (
     262144  # held-out stream positions a threshold is calibrated on (and tables use)
@@ -85,6 +86,9 @@ class OutputHeadsConfig:
 
     n: int = 4
     weights: tuple[float, ...] = ()  # per-head loss weights; empty = equal weights
+    # block: each head a transformer block; mlp / linear: head 1 is the decoder's output and
+    # heads 2..K a residual MLP / linear map on it (bytelm.model.heads)
+    kind: str = "block"
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -94,6 +98,10 @@ class OutputHeadsConfig:
             f"out_heads.weights needs {self.n} values (one per head), got {len(self.weights)}",
         )
         _check(all(w >= 0 for w in self.weights), "out_heads.weights must be >= 0")
+        _check(
+            self.kind in HEAD_KINDS,
+            f"out_heads.kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ ByteLM per byte, at r bytes per patch and seq_len bytes per window:
     latent    (to_latent 2 D G + L_g * block(G, ctx over seq_len / r patches)
                + from_latent 2 G D) / r
     decoder   L_d * block(D, ctx in the decoder window)
-    heads     K * (block(D, decoder window) + unembed 2 D V)
+    heads     K blocks (or K - 1 residual maps, see bytelm.model.heads) + K * unembed 2 D V
     router    learned patcher only: W_q h, W_k h 4 D^2 per byte, and the smoothing of the
               latent outputs, one (P x P) . (P x D) matmul per window of P = seq_len / r
               patches: 2 P^2 D / seq_len per byte
@@ -141,13 +141,13 @@ def flops_per_byte(
             pool = 4 * D * D + (4 * D * D + 4 * keys * D) / r
         patch_doc = None if doc_len is None else doc_len / r
         latent = 4 * D * G + _stack_flops(cfg.latent, n_patches, patch_doc, attention)
-        head = block_flops(cfg.decoder, _ctx(cfg.decoder, seq_len, doc_len, attention))
+        head = _head_flops(cfg, _ctx(cfg.decoder, seq_len, doc_len, attention))
         out = {
             "encoder": mult * _stack_flops(cfg.encoder, seq_len, doc_len, attention),
             "pool": mult * pool,
             "latent": mult * latent / r,
             "decoder": mult * _stack_flops(cfg.decoder, seq_len, doc_len, attention),
-            "heads": mult * cfg.out_heads.n * (head + 2 * D * V),
+            "heads": mult * (head + cfg.out_heads.n * 2 * D * V),
         }
         if cfg.patcher.name == "learned":
             out["router"] = mult * (4 * D * D + 2 * n_patches * n_patches * D / seq_len)
@@ -162,6 +162,22 @@ def flops_per_byte(
         )["total"]
     out["total"] = sum(out.values())
     return out
+
+
+def _head_flops(cfg: ByteLMConfig, ctx: float) -> float:
+    """The output heads' layers per byte, unembedding aside (bytelm.model.heads): K blocks, or
+    K - 1 residual maps (mlp: two D x D matrices, linear: one)."""
+    h, D = cfg.out_heads, cfg.decoder.dim
+    if h.kind == "block":
+        return h.n * block_flops(cfg.decoder, ctx)
+    return (h.n - 1) * 2 * D * D * (2 if h.kind == "mlp" else 1)
+
+
+def _head_params(cfg: ByteLMConfig) -> int:
+    h, D = cfg.out_heads, cfg.decoder.dim
+    if h.kind == "block":
+        return h.n * _block_params(cfg.decoder)
+    return (h.n - 1) * (D + D * D * (2 if h.kind == "mlp" else 1))
 
 
 def _block_params(cfg: TransformerConfig) -> int:
@@ -198,7 +214,7 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
             "pool": (D + 4 * D * D) if cfg.pooling == "attn" else 0,
             "latent": D * G + _stack_params(cfg.latent) + G + G * D,
             "decoder": _stack_params(cfg.decoder),
-            "heads": cfg.out_heads.n * _block_params(cfg.decoder) + D + D * V,
+            "heads": _head_params(cfg) + D + D * V,
             "embedding": V * D + len(cfg.ngram.ns) * buckets * D,
         }
         if cfg.patcher.name == "learned":

@@ -29,7 +29,8 @@ from bytelm.kernels.pooling import pool, unpool
 from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.chunking import Routing, confidence, gate, patch_gates, smooth
 from bytelm.model.embed import ByteEmbedding
-from bytelm.model.layers import Attention, Block, RMSNorm, Stack, doc_ids, init_weights
+from bytelm.model.heads import OutputHeads
+from bytelm.model.layers import Attention, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
 from bytelm.patchers import (
     BoundarySource,
@@ -99,10 +100,11 @@ class ByteLM(nn.Module):
         self.latent_norm = RMSNorm(G)
         self.from_latent = nn.Linear(G, D, bias=False)
         self.decoder = Stack(cfg.decoder)
-        self.heads = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.out_heads.n))
+        self.heads = OutputHeads(cfg.out_heads, cfg.decoder)
         self.norm = RMSNorm(D)
         self.unembed = nn.Linear(D, VOCAB_SIZE, bias=False)  # shared by every head
         init_weights(self, cfg.encoder.n_layers + cfg.latent.n_layers + cfg.decoder.n_layers + 1)
+        self.heads.reset_parameters()
         if self.learned:
             self.patcher.reset_parameters()  # the router starts at W_q = W_k = I, not random
 
@@ -193,10 +195,8 @@ class ByteLM(nn.Module):
         d = self.decoder(h + u, docs, pos, backend)  # (B, T, D)
 
         # heads
-        spec = self.decoder.mask(docs, pos)
-        logits = torch.stack(
-            [self.unembed(self.norm(head(d, spec, backend))) for head in self.heads], dim=2
-        )  # (B, T, K, V)
+        y = self.heads(d, self.decoder.mask(docs, pos), backend)  # (B, T, K, D)
+        logits = self.unembed(self.norm(y))  # (B, T, K, V)
         return (logits, Routing(prob, ends, ids)) if routing else logits
 
     def route(self, ids: torch.Tensor):
@@ -315,12 +315,10 @@ class ByteLM(nn.Module):
         rot = self.decoder.rope_angles(pos)  # shared by the decoder layers and the heads
         d = self.decoder.step(h + u, cache.dec, slots, spec, backend, rot)  # (B, n, D)
 
-        # heads: head j's layer is cache layer n_layers + j
-        L, logits = self.cfg.decoder.n_layers, []
-        for j, head in enumerate(self.heads[: cache.heads]):
-            y = head.step(d, spec, cache.dec.k[L + j], cache.dec.v[L + j], slots, backend, rot)
-            logits.append(self.unembed(self.norm(y)))
-        logits = torch.stack(logits, dim=2)  # (B, n, heads, V)
+        # heads: a block head j's layer is cache layer n_layers + j
+        L = self.cfg.decoder.n_layers
+        y = self.heads.step(d, spec, cache.dec, L, slots, backend, rot, cache.heads)
+        logits = self.unembed(self.norm(y))  # (B, n, heads, V)
         cache.advance(docs, ends)
         if n_valid is not None:
             cache.rollback(n_valid)

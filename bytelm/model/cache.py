@@ -294,9 +294,9 @@ class ByteLMCache(_Pointers):
         self.lat = KVCache.for_stack(cfg.latent, batch, max_len, max_step, dtype, dev)
         self.lat_out = zeros(batch, self.lat.size + 1, D, dt=dtype)
         dec = cfg.decoder
-        # the heads are decoder-shaped blocks on the same positions: layers n_layers..
+        # block heads are decoder-shaped blocks on the same positions: layers n_layers..
         self.dec = KVCache.for_stack(
-            dataclasses.replace(dec, n_layers=dec.n_layers + heads),
+            dataclasses.replace(dec, n_layers=dec.n_layers + heads * model.heads.cache_layers),
             batch, max_len, max_step, dtype, dev,
         )  # fmt: skip
         self.patcher_state = self.patcher.start(batch, dev)

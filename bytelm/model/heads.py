@@ -1,0 +1,90 @@
+"""Output heads: K predictions per byte, head k for byte t+k, all through one unembedding.
+
+    kind = "block"   every head is a transformer block over the decoder's states (attention
+                     with its own KV cache, SwiGLU): the most capable and the most costly,
+                     about 12 D^2 multiply-adds per byte per head plus attention.
+    kind = "mlp"     head 1 is the decoder's output itself (no extra layer: a one-head model
+                     is exactly decoder -> norm -> unembedding); head k >= 2 adds a residual
+                     MLP, d + W_2 silu(W_1 norm(d)), hidden = D: 2 D^2 per byte, no cache.
+    kind = "linear"  as "mlp" with a residual linear map, d + W norm(d): D^2 per byte.
+
+The residual branches of "mlp" and "linear" start at zero, so every head starts out
+predicting what head 1 predicts: a draft head begins as a copy of the next-byte head and
+learns its offset from there, instead of from noise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bytelm.config import OutputHeadsConfig, TransformerConfig
+from bytelm.kernels.attention import MaskSpec
+from bytelm.model.layers import Block, RMSNorm
+
+
+class ResidualHead(nn.Module):
+    """d + f(norm(d)), f a one-hidden-layer MLP (hidden = 0: one linear map)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.up = nn.Linear(dim, hidden, bias=False) if hidden else None
+        self.down = nn.Linear(hidden or dim, dim, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.down.weight)
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        x = self.norm(d)
+        if self.up is not None:
+            x = F.silu(self.up(x))
+        return d + self.down(x)
+
+
+class OutputHeads(nn.ModuleList):
+    """States d (B, T, D) of the decoder -> per-head states (B, T, K, D), before the norm and
+    unembedding they share. A list of the heads' layers (K blocks, or K - 1 residual maps),
+    so that parameter names stay `heads.<i>.*`."""
+
+    def __init__(self, cfg: OutputHeadsConfig, decoder: TransformerConfig):
+        D = decoder.dim
+        if cfg.kind == "block":
+            super().__init__(Block(decoder) for _ in range(cfg.n))
+        else:  # head 1 is the identity; heads 2..K a residual map each
+            hidden = D if cfg.kind == "mlp" else 0
+            super().__init__(ResidualHead(D, hidden) for _ in range(cfg.n - 1))
+        self.kind, self.n = cfg.kind, cfg.n
+
+    @property
+    def cache_layers(self) -> int:
+        """KV-cache layers the heads need beyond the decoder's, per head computed."""
+        return 1 if self.kind == "block" else 0
+
+    def reset_parameters(self) -> None:
+        """After the model's `init_weights`: residual heads start as copies of head 1."""
+        for layer in self:
+            if isinstance(layer, ResidualHead):
+                layer.reset_parameters()
+
+    def forward(self, d: torch.Tensor, spec: MaskSpec, backend: str) -> torch.Tensor:
+        if self.kind == "block":
+            ys = [layer(d, spec, backend) for layer in self]
+        else:
+            ys = [d] + [layer(d) for layer in self]
+        return torch.stack(ys, dim=2)  # (B, T, K, D)
+
+    def step(self, d, spec, kv, first_layer: int, slots, backend, rot, heads: int):
+        """The incremental forward of the first `heads` heads: d (B, n, D) -> (B, n, heads, D).
+        A block head j reads and extends layer `first_layer + j` of the decoder's cache `kv`."""
+        if self.kind == "block":
+            ys = [
+                layer.step(
+                    d, spec, kv.k[first_layer + j], kv.v[first_layer + j], slots, backend, rot
+                )
+                for j, layer in enumerate(list(self)[:heads])
+            ]
+        else:
+            ys = [d] + [layer(d) for layer in list(self)[: heads - 1]]
+        return torch.stack(ys, dim=2)

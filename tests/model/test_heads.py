@@ -1,0 +1,109 @@
+"""Output head kinds (block, mlp, linear): causal, cached decode equal to the forward, exact
+parameter and FLOP counts, and residual heads that start as copies of head 1."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from bytelm.config import OutputHeadsConfig
+from bytelm.evals.flops import flops_per_byte, param_counts
+from bytelm.model import ByteLM
+from bytelm.vocab import PAD
+from tests.conftest import tiny_bytelm_config
+from tests.evals.test_flops import T, by_stage, lm_cfg, measure
+from tests.model.test_cache import TOL, chunks, text
+from tests.model.test_causality import assert_causal, packed_text
+
+KINDS = ["block", "mlp", "linear"]
+
+
+def model_of(kind: str, n: int = 3, seed: int = 0) -> ByteLM:
+    torch.manual_seed(seed)
+    cfg = tiny_bytelm_config(heads=n)
+    cfg = dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=n, kind=kind))
+    model = ByteLM(cfg).eval()
+    with torch.no_grad():  # random residual branches, so that the heads differ
+        for p in model.heads.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_heads_are_causal(kind):
+    assert_causal(model_of(kind), packed_text(), positions=[0, 5, 11, 20, 21, 30, 46])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_equals_forward(kind):
+    model, ids = model_of(kind), text()
+    full = model(ids)
+    for heads in (1, 3):
+        cache = model.new_cache(2, max_len=80, max_step=12, heads=heads)
+        out = torch.cat(
+            [model.decode(ids[:, t : t + n], cache) for t, n in chunks(ids.shape[1])], 1
+        )
+        assert out.shape == full[:, :, :heads].shape
+        assert (out - full[:, :, :heads]).abs().max() < TOL
+
+
+def test_residual_heads_keep_no_kv_cache():
+    dec = lambda kind: model_of(kind).new_cache(1, max_len=32).dec.k.shape[0]
+    assert dec("block") == 1 + 3  # the decoder layer, then one per head
+    assert dec("mlp") == dec("linear") == 1
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_residual_heads_start_as_copies_of_head_one(kind):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_bytelm_config(), out_heads=OutputHeadsConfig(n=4, kind=kind))
+    model = ByteLM(cfg)
+    ids = text()
+    logits = model(ids)
+    for k in range(1, 4):
+        assert torch.equal(logits[:, :, k], logits[:, :, 0])
+    # and they learn away from head 1: the language-model loss reaches their weights
+    model.loss(ids).loss.backward()
+    for layer in model.heads:
+        assert layer.down.weight.grad.abs().sum() > 0
+    one = dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=1, kind=kind))
+    assert len(ByteLM(one).heads) == 0, "a one-head residual model has no head layer at all"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_counts_are_exact(kind):
+    cfg = dataclasses.replace(lm_cfg(4), out_heads=OutputHeadsConfig(n=3, kind=kind))
+    model = ByteLM(cfg)
+    table = lambda m: sum(p.numel() for p in m.parameters())
+    got = param_counts(cfg)
+    assert got["total"] == table(model)
+    assert got["heads"] == table(model.heads) + table(model.norm) + table(model.unembed)
+    fwd, train = measure(model, torch.randint(0, 256, (1, T)))
+    assert by_stage(fwd)["heads"] == pytest.approx(
+        flops_per_byte(cfg, 4, T, training=False)["heads"]
+    )
+    want = flops_per_byte(cfg, 4, T, training=True, attention="dense")["total"]
+    assert want == pytest.approx(train["Dense"], rel=1e-9)
+
+
+def test_cheap_heads_cost_less():
+    cost = {
+        kind: flops_per_byte(
+            dataclasses.replace(lm_cfg(4), out_heads=OutputHeadsConfig(n=4, kind=kind)), 4, T
+        )["heads"]
+        for kind in KINDS
+    }
+    assert cost["linear"] < cost["mlp"] < cost["block"]
+
+
+def test_unknown_kind_is_a_user_error():
+    with pytest.raises(ValueError, match="^bytelm: out_heads.kind"):
+        OutputHeadsConfig(kind="tree")
+
+
+def test_pad_is_not_a_target_for_any_kind():
+    model = model_of("mlp")
+    ids = text()
+    ids[1, 50:] = PAD
+    assert torch.isfinite(model.loss(ids).loss)
