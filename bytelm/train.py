@@ -53,6 +53,7 @@ from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
 from bytelm.patchers import ends_to_lengths
 from bytelm.patchers.entropy_cache import prepare_training as prepare_entropy
+from bytelm.patchers.windows import window_ends
 from bytelm.vocab import PAD
 
 CHECKPOINT = CHECKPOINT_DIR
@@ -299,8 +300,9 @@ class Trainer:
     def _host_batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         """`batch` on the host (pinned on CUDA, so the copy to the device does not wait).
 
-        For a ByteLM the patch ends are found on the host, where the batch is made (from the
-        cached entropies for the entropy patcher), and counted there, so the forward reads
+        For a ByteLM the patch ends are found on the host, where the batch is made, each
+        window patched as its documents are (`bytelm.patchers.windows`: from the cached
+        entropies for the entropy patcher), and counted there, so the forward reads
         nothing back. A compiled step rounds the count up to `model.patch_bucket` (capped at
         T), so that P takes a few values over a run, one graph each; an eager step keeps the
         exact count, since padded slots cost latent work and buy an eager step nothing (the
@@ -319,7 +321,9 @@ class Trainer:
             if self.entropy_feed is not None:
                 ends = self.entropy_feed.train_ends(ids, micro_step, rank, world)
             else:
-                ends = self.raw_model.patcher.ends(ids)
+                split = self.corpus["train"]
+                starts = split.train_starts(micro_step, dc.batch_size, tc.seed, rank, world)
+                ends = window_ends(self.raw_model.patcher, split, starts, ids)
             count = ends_to_lengths(ends, (ids != PAD).sum(-1)).shape[1]  # host tensors: no sync
             bucket = self.cfg.model.patch_bucket if self.compiled else 1
             n_patches = min(-(-count // bucket) * bucket, ids.shape[1])

@@ -78,6 +78,24 @@ class ByteCorpus:
             d, o = (d + 1) % self.n_docs, 0
         return out
 
+    def locate(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """Stream positions (any shape, taken mod stream_len) -> (document, offset in it), where
+        offset 0 is the document's BOS and offset n + 1 its EOS. A window starting at a
+        position with offset > 0 starts inside its document."""
+        p = np.asarray(positions, dtype=np.int64) % self.stream_len
+        d = np.searchsorted(self.doc_starts, p, side="right") - 1
+        return d, p - self.doc_starts[d]
+
+    def ids_at(self, positions) -> np.ndarray:
+        """Ids of the virtual stream at positions (any shape, taken mod stream_len) -> int64,
+        vectorised (`window` reads a span; this reads any scattered positions)."""
+        d, r = self.locate(positions)
+        lo = np.asarray(self.offsets)[d]
+        n = np.asarray(self.offsets)[d + 1] - lo
+        at = np.clip(lo + r - 1, 0, self.n_bytes - 1)  # the byte, where r is one
+        out = self.bytes[at].astype(np.int64)
+        return np.where(r == 0, BOS, np.where(r == n + 1, EOS, out))
+
     def train_batch(
         self,
         step: int,
@@ -117,6 +135,10 @@ class ByteCorpus:
         """How many windows `eval_batches` yields in total."""
         return -(-self._eval_len(max_bytes) // (seq_len - 1))
 
+    def eval_starts(self, seq_len: int, max_bytes: int | None = None) -> np.ndarray:
+        """The stream start of every window `eval_batches` yields, in order -> int64[n]."""
+        return np.arange(self.n_eval_windows(seq_len, max_bytes), dtype=np.int64) * (seq_len - 1)
+
     def eval_batches(
         self, seq_len: int, batch_size: int, max_bytes: int | None = None
     ) -> Iterator[torch.Tensor]:
@@ -130,11 +152,10 @@ class ByteCorpus:
         """
         assert seq_len >= 2, "a window needs at least one prediction"
         end = self._eval_len(max_bytes) + 1  # eval reads stream positions [0, end)
-        n_windows = self.n_eval_windows(seq_len, max_bytes)
-        for first in range(0, n_windows, batch_size):
-            batch = np.full((min(batch_size, n_windows - first), seq_len), PAD, dtype=np.int64)
-            for row, i in enumerate(range(first, first + len(batch))):
-                start = i * (seq_len - 1)
+        starts = self.eval_starts(seq_len, max_bytes)
+        for first in range(0, len(starts), batch_size):
+            batch = np.full((len(starts[first : first + batch_size]), seq_len), PAD, np.int64)
+            for row, start in enumerate(starts[first : first + batch_size].tolist()):
                 n = min(seq_len, end - start)
                 batch[row, :n] = self.window(start, n)
             yield torch.from_numpy(batch)

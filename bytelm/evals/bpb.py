@@ -5,16 +5,41 @@
 EOS counts as a predicted byte; BOS and PAD do not. Held-out text is cut into
 windows that overlap by one byte, so every byte after the first BOS is
 predicted exactly once, with the context of its own window.
+
+A ByteLM's patches in those windows are its documents' patches, as in training and
+generation (`bytelm.patchers.windows`): a window that starts inside a document continues
+the document's patching, and entropies come from the held-out split's entropy cache. Only
+a learned router decides inside the window (from the model's own states).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
+from bytelm.patchers.entropy_cache import EntropyCache
+from bytelm.patchers.windows import window_ends
+
+
+def split_patching(patcher, split) -> Callable:
+    """A boundary source and a corpus split -> ends(ids (B, T), starts (B,)) for windows of
+    the split starting at those stream positions, each patched as its documents are (the
+    entropy patcher reads the split's entropy cache, filled as windows touch it)."""
+    cache = EntropyCache(split, patcher) if patcher.name == "entropy" else None
+    return lambda ids, starts: window_ends(patcher, split, starts, ids, cache)
+
+
+def model_patching(model, split) -> Callable | None:
+    """`split_patching` for a ByteLM with a rule or entropy source; None for a plain
+    ByteTransformer and for a learned router (which decides inside the forward)."""
+    patcher = getattr(model, "patcher", None)
+    if patcher is None or getattr(model, "learned", False):
+        return None
+    return split_patching(patcher, split)
 
 
 @torch.no_grad()
@@ -31,17 +56,25 @@ def evaluate_bpb(
     """Head-1 bits-per-byte of `model` on a ByteCorpus split.
 
     Returns {"bpb", "nats", "bytes"}; with several ranks each evaluates every
-    world_size-th batch and the caller sums nats and bytes across ranks.
+    world_size-th batch and the caller sums nats and bytes across ranks. A ByteLM's
+    windows are patched as their documents are (see the module docstring).
     """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
+    patching = model_patching(model, corpus)
+    starts = corpus.eval_starts(seq_len, max_bytes or None)
     nats, count = 0.0, 0
     for i, ids in enumerate(corpus.eval_batches(seq_len, batch_size, max_bytes=max_bytes or None)):
         if i % world_size != rank:
             continue
+        if patching is None:
+            logits = model(ids.to(device))
+        else:  # found on the host, where the window is made, as in training
+            ends = patching(ids, starts[i * batch_size : i * batch_size + len(ids)])
+            logits = model(ids.to(device), ends.to(device))
         ids = ids.to(device)
-        out = multi_head_loss(model(ids)[:, :, :1].float(), ids, doc_ids(ids))
+        out = multi_head_loss(logits[:, :, :1].float(), ids, doc_ids(ids))
         nats += float(out.nats)
         count += int(out.count)
     model.train(was_training)

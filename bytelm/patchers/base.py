@@ -98,6 +98,39 @@ def _copy(v):
     return v.clone() if hasattr(v, "clone") else copy.deepcopy(v)
 
 
+@dataclass
+class RowStart:
+    """What a row that starts inside a document takes over from the document's bytes before it.
+
+    Training and evaluation rows are windows cut from a stream of packed documents, and most
+    start inside one. Given its `RowStart`, `ends` patches such a row as the whole document is
+    patched (and as `step` patches it when fed the document): the forced cut every
+    `max_patch_len` bytes keeps the document's phase, and the rules that read the byte (or
+    entropy) before t see the document's. `bytelm.patchers.windows` computes it from a
+    corpus split. A row that starts at a document's BOS takes `RowStart.fresh`, which is what
+    `ends` assumes without one. Everything here is read from bytes before the row: causal.
+    """
+
+    prev: torch.Tensor  # (B,) the document's byte before the row, PAD at a document start
+    open_len: torch.Tensor  # (B,) bytes of the document's open patch before the row, < period
+    prev_H: torch.Tensor | None = None  # (B,) entropy patcher: H of that byte (any at a BOS)
+
+    @classmethod
+    def fresh(cls, batch: int, device: torch.device | None = None) -> RowStart:
+        return cls(
+            prev=torch.full((batch,), PAD, dtype=torch.long, device=device),
+            open_len=torch.zeros(batch, dtype=torch.long, device=device),
+            prev_H=torch.zeros(batch, device=device),
+        )
+
+    def to(self, device) -> RowStart:
+        return RowStart(
+            self.prev.to(device),
+            self.open_len.to(device),
+            None if self.prev_H is None else self.prev_H.to(device),
+        )
+
+
 class BoundarySource(Protocol):
     """Where patches end: what `ByteLM` asks of a rule patcher, the entropy patcher or any
     other source of boundaries.
@@ -107,6 +140,11 @@ class BoundarySource(Protocol):
     source that can use precomputed side inputs takes them as keyword arguments of
     `ends` (the entropy patcher's cached `entropies=`); the model never passes them, it
     passes the finished `ends` instead. `causal` sources only: ends[t] reads bytes <= t.
+
+    The rule sources (fixed, space, entropy) also patch rows that start inside a document:
+    `ends(ids, start=RowStart)` continues the document's patching, and `fires(ids, ...)`
+    gives the rule's own ends before the `max_patch_len` cuts (what `RowStart` is found
+    from, `bytelm.patchers.windows`).
     """
 
     name: str
@@ -128,18 +166,26 @@ class Patcher(BoundarySource, Protocol):
     def patch(self, byte_ids: torch.Tensor) -> torch.Tensor: ...  # (B, T) -> (B, P)
 
 
-def ends_from_fire(fire: torch.Tensor, ids: torch.Tensor, max_patch_len: int) -> torch.Tensor:
+def ends_from_fire(
+    fire: torch.Tensor, ids: torch.Tensor, max_patch_len: int, open_len: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rule fires (B, T) -> ends (B, T), adding EOS ends and `max_patch_len` cuts, vectorised.
 
     For a rule that does not depend on the patch state, the forced cuts between
     two natural ends (rule or EOS) fall every max_patch_len bytes: byte t is
     forced when it is the (k * max_patch_len)-th byte after the last natural end.
+    `open_len` (B,): bytes already in the patch open before each row's first byte (a row
+    that starts inside a document, `RowStart.open_len`); 0 without it.
     """
     B, T = ids.shape
     natural = fire | (ids == EOS)
     pos = torch.arange(T, device=ids.device).expand(B, T)
-    last = torch.where(natural, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-    prev_end = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    # the end before the row: open_len bytes before its first byte (-1 at a document start)
+    before = torch.full_like(pos[:, :1], -1)
+    if open_len is not None:
+        before = before - open_len.to(pos)[:, None]
+    last = torch.where(natural, pos, before).cummax(dim=1).values
+    prev_end = torch.cat([before, last[:, :-1]], dim=1)
     return natural | ((pos - prev_end) % max_patch_len == 0)
 
 
@@ -198,10 +244,21 @@ class RulePatcher:
             out.append(end)
         return torch.stack(out, dim=1)
 
-    def ends(self, byte_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t."""
-        prev = torch.cat([torch.full_like(byte_ids[:, :1], PAD), byte_ids[:, :-1]], dim=1)
-        return ends_from_fire(self._fires(prev, byte_ids), byte_ids, self.period)
+    def fires(self, byte_ids: torch.Tensor, start: RowStart | None = None) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: the rule's own ends (rule or EOS), before the period cuts."""
+        first = byte_ids.new_full((byte_ids.shape[0], 1), PAD)
+        if start is not None:
+            first = start.prev.to(byte_ids)[:, None]
+        prev = torch.cat([first, byte_ids[:, :-1]], dim=1)
+        return self._fires(prev, byte_ids) | (byte_ids == EOS)
+
+    def ends(self, byte_ids: torch.Tensor, start: RowStart | None = None) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t.
+
+        Each row starts a document unless `start` says where in its document it starts.
+        """
+        open_len = None if start is None else start.open_len
+        return ends_from_fire(self.fires(byte_ids, start), byte_ids, self.period, open_len)
 
     def patch(self, byte_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) -> patch_lengths (B, P). PAD bytes at the end of a row are not patched."""

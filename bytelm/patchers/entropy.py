@@ -9,8 +9,10 @@ its patch (so byte t+1 starts one) when
     both        H_t > threshold and H_t - H_{t-1} > delta
 
 or when the open patch reaches `max_patch_len`, or when byte t is EOS. H_t reads
-bytes <= t only, so the patcher is causal. At a segment start (BOS, or the first
-byte of a row) H_{t-1} is taken to be H_t.
+bytes <= t only, so the patcher is causal. At a BOS H_{t-1} is taken to be H_t.
+A row cut from inside a document (a training or evaluation window) is patched as
+its document is, given its `RowStart` and the cached entropies
+(`bytelm.patchers.windows`); without them a row is taken to start a document.
 
 Context. Entropies are computed per document: the context resets at BOS. A
 document longer than the entropy model's context L is cut into chunks
@@ -47,7 +49,7 @@ import torch
 
 from bytelm.config import CALIBRATION_BYTES, MAX_PATCH_LEN
 from bytelm.config import PATCHER_MODES as MODES
-from bytelm.patchers.base import PatcherState, ends_to_lengths
+from bytelm.patchers.base import PatcherState, RowStart, ends_to_lengths
 from bytelm.patchers.entropy_cache import EntropyCache
 from bytelm.patchers.entropy_rule import (  # noqa: F401 - re-exported: the entropy patcher's API
     CALIBRATION_TOL,
@@ -190,18 +192,38 @@ class EntropyPatcher:
             out[b, s:e] = h
         return out.to(ids.device)
 
-    def ends(self, byte_ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t.
-
-        `entropies` (B, T), e.g. read from the training cache, skips the entropy model.
-        """
+    def fires(
+        self,
+        byte_ids: torch.Tensor,
+        entropies: torch.Tensor | None = None,
+        start: RowStart | None = None,
+    ) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: the rule's own ends (rule or EOS), before the max_patch_len
+        cuts. `entropies` and `start` as in `ends`."""
         theta = self._theta()
         H = self.entropies(byte_ids) if entropies is None else entropies.to(byte_ids.device)
         assert H.shape == byte_ids.shape, (
             f"entropies {tuple(H.shape)} != ids {tuple(byte_ids.shape)}"
         )
-        fire = fire_rule(H.float(), byte_ids, self.mode, theta, self.delta)
-        return ends_from_fire(fire, byte_ids, self.max_patch_len)
+        prev_H = None if start is None else start.prev_H
+        fire = fire_rule(H.float(), byte_ids, self.mode, theta, self.delta, prev_H)
+        return fire | (byte_ids == EOS)
+
+    def ends(
+        self,
+        byte_ids: torch.Tensor,
+        entropies: torch.Tensor | None = None,
+        start: RowStart | None = None,
+    ) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: byte t ends its patch. Depends only on bytes <= t.
+
+        `entropies` (B, T), e.g. read from the training cache, skips the entropy model.
+        Each row starts a document unless `start` says where in its document it starts
+        (then `entropies` must be the document's: a row's own would start cold).
+        """
+        fire = self.fires(byte_ids, entropies, start)
+        open_len = None if start is None else start.open_len
+        return ends_from_fire(fire, byte_ids, self.max_patch_len, open_len)
 
     def patch(self, byte_ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) -> patch_lengths (B, P). PAD bytes at the end of a row are not patched."""

@@ -33,6 +33,7 @@ import torch
 
 from bytelm.config import CALIBRATION_BYTES
 from bytelm.patchers.entropy_scores import _forward_pieces
+from bytelm.patchers.windows import window_ends
 
 CACHE_FORMAT = 1
 _BUILD_TOKENS = 32768  # positions per entropy-model forward while filling
@@ -201,9 +202,11 @@ class EntropyFeed:
     def train_ends(
         self, ids: torch.Tensor, step: int, rank: int = 0, world_size: int = 1
     ) -> torch.Tensor:
-        """ends (B, T) bool for `corpus.train_batch(step, ...)` == ids."""
-        H = self.cache.train_batch(step, self.batch_size, self.seq_len, self.seed, rank, world_size)
-        return self.patcher.ends(ids, entropies=H.to(ids.device))
+        """ends (B, T) bool for `corpus.train_batch(step, ...)` == ids: each window patched as
+        its documents are (`bytelm.patchers.windows`)."""
+        c = self.cache.corpus
+        starts = c.train_starts(step, self.batch_size, self.seed, rank, world_size)
+        return window_ends(self.patcher, c, starts, ids, self.cache)
 
 
 def calibrate_config(

@@ -3,7 +3,9 @@ bytes-per-patch to the threshold θ.
 
 Byte t ends its patch when H_t > θ (global), H_t - H_{t-1} > θ (monotonic), or
 both H_t > θ and H_t - H_{t-1} > delta (both); also at `max_patch_len` and after
-EOS. At a segment start (BOS, or the first byte of a row) H_{t-1} is taken to be H_t.
+EOS. At a document's BOS H_{t-1} is taken to be H_t; a row that starts inside a document
+takes the document's H_{t-1} (`prev_H`, from `RowStart`), and a row without one is taken
+to start a document (H_{t-1} := H_t at its first byte too).
 """
 
 from __future__ import annotations
@@ -36,17 +38,26 @@ class Calibration:
 # ----------------------------------------------------------------------------- the rule
 
 
-def _diff(H: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> H_t - H_{t-1}, with 0 at a row start and at BOS (a new document has no H_{t-1})."""
-    prev = torch.cat([H[:, :1], H[:, :-1]], dim=1)
+def _diff(H: torch.Tensor, ids: torch.Tensor, prev_H: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) -> H_t - H_{t-1}, with 0 at BOS (a new document has no H_{t-1}); at a row's first
+    byte H_{t-1} is `prev_H` (B,) (the document's, for a row that starts inside it), or H_t
+    itself without it (a difference of 0)."""
+    first = H[:, :1] if prev_H is None else prev_H.to(H)[:, None]
+    prev = torch.cat([first, H[:, :-1]], dim=1)
     return H - torch.where(ids == BOS, H, prev)
 
 
 def fire_rule(
-    H: torch.Tensor, ids: torch.Tensor, mode: str, threshold: float, delta: float = 0.0
+    H: torch.Tensor,
+    ids: torch.Tensor,
+    mode: str,
+    threshold: float,
+    delta: float = 0.0,
+    prev_H: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, T) entropies and ids -> (B, T) bool: the entropy rule fires at t (no max_len, no EOS)."""
-    diff = _diff(H, ids)
+    """(B, T) entropies and ids -> (B, T) bool: the entropy rule fires at t (no max_len, no EOS).
+    `prev_H` (B,): H_{t-1} of each row's first byte (see `_diff`)."""
+    diff = _diff(H, ids, prev_H)
     if mode == "global":
         return H > threshold
     if mode == "monotonic":
