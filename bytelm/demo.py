@@ -43,7 +43,7 @@ def ensure_entropy_model(cfg: RunConfig) -> None:
 
 def compression_table(trainer, max_bytes: int = CALIBRATION_BYTES) -> str:
     """Fixed, space and entropy patching of the held-out split (Markdown). The entropy row is
-    calibrated on the same held-out sample as training calibrated, so its θ is the model's."""
+    calibrated on the same training sample as training calibrated, so its θ is the model's."""
     from bytelm.evals.compression import compare, to_markdown
 
     cfg = trainer.cfg

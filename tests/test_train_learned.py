@@ -66,7 +66,7 @@ def learned_ckpt(corpus_dir, tmp_path_factory):
 
 
 def test_eval_turns_the_knob_of_a_learned_checkpoint(learned_ckpt):
-    """`bytelm eval CKPT --target-bytes-per-patch X`: θ calibrated on the held-out split, and
+    """`bytelm eval CKPT --target-bytes-per-patch X`: θ calibrated on the training split, and
     the eval windows then hold X bytes per patch."""
     from bytelm.evals.compression import eval_at_target
 

@@ -196,7 +196,7 @@ def cmd_patch(args, overrides) -> int:
         base = C.RunConfig().data
         if spec.kind == "entropy":
             base = load_config(factory.entropy_base().source).data
-        if learned:  # calibrate on the checkpoint's own held-out split
+        if learned:  # calibrate on the checkpoint's own training split
             base = load_config(spec.path).data
         data_cfg = C.override(C.RunConfig(data=base), overrides).data
         corpus = load_corpus(data_cfg, progress=True)

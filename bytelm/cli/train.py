@@ -94,7 +94,8 @@ def add_parsers(sub) -> None:
         "--target-bytes-per-patch",
         type=float,
         default=0,
-        help="entropy patcher: re-calibrate θ to this mean patch size on the held-out split first",
+        help="entropy or learned patcher: re-calibrate θ to this mean patch size first (on a "
+        "sample of the training split; the bpb and bytes/patch are then held-out)",
     )
 
     p = add_command(

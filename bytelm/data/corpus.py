@@ -13,6 +13,8 @@ from bytelm.data.cache import _build, _cache_ok, _cache_root, _fingerprint
 from bytelm.data.sources import SPLITS, DataConfig, _resolve_files
 from bytelm.vocab import BOS, EOS, PAD
 
+SAMPLE_SEED = 20251  # the one permutation `ByteCorpus.sample_starts` deals windows from
+
 # -----------------------------------------------------------------------------
 # a split of the corpus, memory-mapped
 
@@ -159,6 +161,36 @@ class ByteCorpus:
                 n = min(seq_len, end - start)
                 batch[row, :n] = self.window(start, n)
             yield torch.from_numpy(batch)
+
+    def sample_starts(self, length: int, max_bytes: int | None, sample: int = 0) -> np.ndarray:
+        """Starts of disjoint windows of `length` stream positions spread over the split, about
+        `max_bytes` positions in all (every window when None) -> sorted int64[k].
+
+        The stream is cut into slots of `length` positions, and one fixed permutation deals
+        them out: sample 0 takes the first k, sample 1 the next k, and so on, so two samples
+        never share a position. A threshold is calibrated on sample 0 of the training split
+        (see `bytelm.patchers.entropy_rule`); sample 1 is a third sample to check it on.
+        """
+        length = max(1, min(length, self.stream_len))
+        n = self.stream_len // length
+        k = n if max_bytes is None else max(1, min(n, -(-max_bytes // length)))
+        pick = np.random.default_rng(SAMPLE_SEED).permutation(n)[sample * k : (sample + 1) * k]
+        if len(pick) < k:
+            raise ValueError(
+                f"bytelm: {self.path} holds {n} windows of {length} positions, too few for "
+                f"sample {sample} of {k} windows"
+            )
+        return np.sort(pick).astype(np.int64) * length
+
+    def sample_batches(
+        self, seq_len: int, batch_size: int, max_bytes: int | None, sample: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """The windows of `sample_starts(seq_len, max_bytes, sample)` as LongTensor batches
+        [<=batch_size, seq_len]."""
+        starts = self.sample_starts(seq_len, max_bytes, sample)
+        for i in range(0, len(starts), batch_size):
+            rows = [self.window(int(s), seq_len) for s in starts[i : i + batch_size]]
+            yield torch.from_numpy(np.stack(rows))
 
     def eval_windows(self, seq_len: int, max_windows: int | None = None) -> Iterator[torch.Tensor]:
         """`eval_batches` one window at a time -> LongTensor[1, seq_len], the first max_windows."""

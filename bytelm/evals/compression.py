@@ -11,10 +11,11 @@ document patched as [BOS] + bytes + [EOS]):
     held-out bits-per-byte, when a checkpoint is given for the patcher
 
 Patchers are spec strings: `fixed:4`, `space`, `entropy:6` (target bytes per
-patch; θ is calibrated on the held-out sample), `bpe:8k` (vocabulary size; the
-tokenizer is trained on the training split), `learned:CKPT` (the router of a
-learned ByteLM checkpoint at its own θ; `learned:CKPT@6` calibrates θ to 6 on
-the held-out sample; its held-out bpb fills the bpb column; the stream is routed
+patch; θ is calibrated on the training split's calibration sample, never on the
+held-out sample it is measured on), `bpe:8k` (vocabulary size; the tokenizer is
+trained on the training split), `learned:CKPT` (the router of a learned ByteLM
+checkpoint at its own θ; `learned:CKPT@6` calibrates θ to 6 on the training
+split's calibration sample; its held-out bpb fills the bpb column; the stream is routed
 in windows of the checkpoint's seq_len, as its evaluation sees it). `--calibrate-on NAME` fits θ and
 the BPE tokenizer on one corpus and applies them to all, to see how one
 patcher's compression moves across corpora; by default each corpus gets its own.
@@ -165,7 +166,8 @@ def _need_entropy_model(path: str | None) -> str:
 
 class PatcherFactory:
     """Builds (and caches) the patcher for a spec on a corpus: loads the entropy model once,
-    calibrates θ on the held-out sample, trains BPE on the training split."""
+    calibrates θ on the training split's calibration sample (`EntropyPatcher.calibrate`),
+    trains BPE on the training split."""
 
     def __init__(
         self, entropy_model: str | None = None, max_patch_len: int = C.MAX_PATCH_LEN, mode="global"
@@ -202,7 +204,7 @@ class PatcherFactory:
             return LearnedPatching.load(spec, corpus, max_bytes)
         base = self.entropy_base()
         p = _copy_entropy(base)  # one model, a threshold per spec and corpus
-        cal = p.calibrate(corpus["heldout"], spec.value, max_bytes=max_bytes)
+        cal = p.calibrate(corpus["train"], spec.value)  # out of the held-out sample
         return p, cal.threshold
 
 
@@ -217,8 +219,8 @@ class LearnedPatching:
 
     @classmethod
     def load(cls, spec: Spec, corpus: dict | None, max_bytes: int | None):
-        """-> (patching, θ): the checkpoint's θ, or θ calibrated to spec.value on the held-out
-        split of `corpus`."""
+        """-> (patching, θ): the checkpoint's θ, or θ calibrated to spec.value on the
+        calibration sample of `corpus`'s training split."""
         from bytelm.checkpoint import load_model
 
         model, cfg = load_model(spec.path)
@@ -227,7 +229,7 @@ class LearnedPatching:
         if spec.value:
             from bytelm.model.chunking import calibrate
 
-            calibrate(model, corpus["heldout"], spec.value, cfg.data.seq_len, max_bytes=max_bytes)
+            calibrate(model, corpus["train"], spec.value, cfg.data.seq_len)
         return cls(model, cfg.data.seq_len), model.patcher.threshold
 
     @property
@@ -320,32 +322,33 @@ def compare(
                 held = corpus["heldout"]
                 row["bpb"] = evaluate_bpb(patcher.model, held, patcher.seq_len, 8, max_bytes)["bpb"]
             elif checkpoints and spec.text in checkpoints:
-                row["bpb"] = bpb_at(checkpoints[spec.text], corpus["heldout"], spec, max_bytes)
+                row["bpb"] = bpb_at(checkpoints[spec.text], corpus, spec, max_bytes)
             rows.append(row)
             if log is not None:
                 log(f"{name:>12} {spec.text:<12} {row['mean']:6.2f} bytes/patch")
     return rows
 
 
-def bpb_at(path: str, heldout, spec: Spec | None = None, max_bytes: int | None = None) -> float:
-    """Held-out bpb of a ByteLM checkpoint; an entropy checkpoint is re-calibrated to the
-    spec's target on this held-out split first."""
+def bpb_at(path: str, corpus: dict, spec: Spec | None = None, max_bytes=None) -> float:
+    """Held-out bpb of a ByteLM checkpoint on `corpus` (load_corpus() output); an entropy or
+    learned checkpoint is first re-calibrated to the spec's target on the training split."""
     from bytelm.checkpoint import load_model
     from bytelm.evals.bpb import evaluate_bpb
 
     model, cfg = load_model(path)
     if spec is not None and spec.kind == "entropy" and cfg.model.patcher.name == "entropy":
-        model.patcher.calibrate(heldout, spec.value, max_bytes=max_bytes)
+        model.patcher.calibrate(corpus["train"], spec.value)
     if spec is not None and spec.kind == "learned" and spec.value:
         from bytelm.model.chunking import calibrate
 
-        calibrate(model, heldout, spec.value, cfg.data.seq_len, max_bytes=max_bytes)
-    return evaluate_bpb(model, heldout, cfg.data.seq_len, 8, max_bytes)["bpb"]
+        calibrate(model, corpus["train"], spec.value, cfg.data.seq_len)
+    return evaluate_bpb(model, corpus["heldout"], cfg.data.seq_len, 8, max_bytes)["bpb"]
 
 
 def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch_size=8) -> dict:
-    """`bytelm eval CKPT --target-bytes-per-patch X`: re-calibrate θ on the held-out split, then
-    measure bpb and the bytes per patch the model actually used in the eval windows."""
+    """`bytelm eval CKPT --target-bytes-per-patch X`: re-calibrate θ on the calibration sample
+    of the training split, then measure bpb and the bytes per patch the model actually used
+    in the held-out eval windows (a sample the calibration never saw)."""
     from bytelm.checkpoint import load_model
     from bytelm.data import load_corpus
     from bytelm.evals.bpb import evaluate_bpb
@@ -357,14 +360,15 @@ def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch
             f"patcher; '{path}' uses {cfg.model.patcher.name if cfg.arch == 'bytelm' else cfg.arch}"
         )
     data = cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
-    heldout = load_corpus(data)["heldout"]
+    corpus = load_corpus(data)
+    heldout = corpus["heldout"]
     learned = cfg.model.patcher.name == "learned"
-    if learned:  # the router's p on the same held-out windows the bpb reads
+    if learned:  # the router's p on windows of the training split, as long as the eval's
         from bytelm.model.chunking import calibrate
 
-        _, cal = calibrate(model, heldout, target, data.seq_len, batch_size, max_bytes)
+        _, cal = calibrate(model, corpus["train"], target, data.seq_len, batch_size)
     else:
-        cal = model.patcher.calibrate(heldout, target, progress=True)
+        cal = model.patcher.calibrate(corpus["train"], target, progress=True)
     r = evaluate_bpb(model, heldout, data.seq_len, batch_size, max_bytes)
     r["heldout_rule"] = data.heldout_rule()
     n = p = 0

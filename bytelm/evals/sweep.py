@@ -199,7 +199,7 @@ def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Calla
         )
         trainer = Trainer(cfg, corpus=corpus)  # calibrates an entropy patcher to its target
         patcher = trainer.cfg.model.patcher
-        if patcher.name == "entropy":  # held-out mean after calibration
+        if patcher.name == "entropy":  # the mean on its calibration sample (training split)
             bpp = patcher.measured_bytes_per_patch
             name = f"entropy:{patcher.target_bytes_per_patch:g}"
         else:

@@ -23,7 +23,7 @@ gradient), G the mean p (H-Net eq. 10). Its minimum, 1, is at F = G = 1/N.
 collapse (a boundary nearly everywhere or nowhere), a boundary at every byte of a run of
 repeated bytes (identical states have cos 1, so p should be 0 there), and a rate stuck
 far from the target. `calibrate` fits the threshold θ (the inference knob) to a target
-bytes per patch on held-out data.
+bytes per patch on a sample of the training split.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bytelm.config import CALIBRATION_BYTES
 from bytelm.patchers.entropy_rule import Calibration, calibrate_threshold
 from bytelm.vocab import BOS, PAD
 
@@ -173,22 +174,32 @@ def routing_warnings(
 
 
 @torch.no_grad()
-def calibrate(model, split, target: float, seq_len: int, batch_size: int = 8, max_bytes=None):
-    """Fit a learned ByteLM's threshold θ to `target` bytes per patch on held-out data.
+def calibrate(
+    model,
+    split,
+    target: float,
+    seq_len: int,
+    batch_size: int = 8,
+    max_bytes: int | None = CALIBRATION_BYTES,
+    sample: int = 0,
+):
+    """Fit a learned ByteLM's threshold θ to `target` bytes per patch on its calibration sample.
 
-    p is computed over the split's evaluation windows (`split.eval_batches`), and θ is the
-    exact quantile of p that, with the forced ends (BOS, EOS, max_patch_len), gives the
-    target mean patch length on those positions (`calibrate_threshold`, global mode: the
-    same rule as entropy patching, with p for H). Sets the router's threshold and returns
-    (the model's PatcherConfig with threshold, measured_bytes_per_patch and the target
-    set, Calibration)."""
+    `split` is the *training* split, never the held-out one bpb is reported on (see
+    `bytelm.patchers.entropy_rule`, "Where θ is calibrated"). p is computed over windows of
+    `seq_len` spread over the split, `max_bytes` positions in all (`split.sample_batches`,
+    sample 0 unless told), and θ is the exact quantile of p that, with the forced ends (BOS,
+    EOS, max_patch_len), gives the target mean patch length on those positions
+    (`calibrate_threshold`, global mode: the same rule as entropy patching, with p for H).
+    Sets the router's threshold and returns (the model's PatcherConfig with threshold,
+    measured_bytes_per_patch and the target set, Calibration)."""
     router = model.patcher
     assert getattr(router, "needs_states", False), "calibrate needs a ByteLM with a learned router"
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     ids_all, p_all = [], []
-    for ids in split.eval_batches(seq_len, batch_size, max_bytes=max_bytes):
+    for ids in split.sample_batches(seq_len, batch_size, max_bytes, sample):
         ids = ids.to(device)
         p, _ = model.route(ids)
         real = ids != PAD

@@ -392,17 +392,21 @@ class EntropyPatcher:
         max_bytes: int | None = CALIBRATION_BYTES,
         tol: float = CALIBRATION_TOL,
         progress: bool = False,
+        sample: int = 0,
     ) -> Calibration:
         """Set the threshold so that mean bytes-per-patch on `corpus` is within `tol` of the target.
 
-        `corpus` is a held-out `ByteCorpus` split (whole documents from its start, up to
-        `max_bytes` stream positions; entropies come from the on-disk cache) or a pair of
-        1-D tensors (ids, entropies) over a packed stream. Returns the `Calibration`.
+        `corpus` is a `ByteCorpus` split, the *training* split (never the evaluation's; see
+        `bytelm.patchers.entropy_rule`): its calibration sample, `max_bytes` positions in
+        windows spread over the split (`EntropyCache.calibration_sample`), with entropies
+        from the on-disk cache. Or a pair of 1-D tensors (ids, entropies) over a packed
+        stream. Returns the `Calibration`.
         """
         if isinstance(corpus, tuple):
             ids, H = corpus
         else:
-            ids, H = EntropyCache(corpus, self).sample(max_bytes, progress=progress)
+            cache = EntropyCache(corpus, self)
+            ids, H = cache.calibration_sample(max_bytes, sample, progress=progress)
         result = calibrate_threshold(
             ids, H, target_bytes_per_patch, self.mode, self.max_patch_len, self.delta, tol
         )

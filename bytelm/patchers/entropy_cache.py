@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bytelm.config import CALIBRATION_BYTES
+from bytelm.patchers.entropy_rule import CALIBRATION_WINDOW
 from bytelm.patchers.entropy_scores import _forward_pieces
 from bytelm.patchers.windows import window_ends
 
@@ -188,6 +189,29 @@ class EntropyCache:
                 self._fill(self.chunks_of(p), bar)
         return torch.from_numpy(self.corpus.window(0, n)), self.at(p)
 
+    def calibration_sample(
+        self,
+        max_bytes: int | None,
+        sample: int = 0,
+        length: int = CALIBRATION_WINDOW,
+        progress=False,
+    ):
+        """Windows of `length` spread over the split (`ByteCorpus.sample_starts`), up to
+        max_bytes positions, packed -> (ids LongTensor[n], entropies FloatTensor[n]).
+
+        Each entropy is the one its whole document gives it (the cache's), wherever a window
+        starts; only the patch open at a window's start is cut short."""
+        starts = self.corpus.sample_starts(length, max_bytes, sample)
+        length = min(length, int(self.corpus.stream_len))
+        p = (starts[:, None] + np.arange(length)[None, :]).ravel()
+        if progress and (self.done[np.unique(self.chunks_of(p))] == 0).any():
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(p), unit="B", unit_scale=True, desc="entropies") as bar:
+                self._fill(self.chunks_of(p), bar)
+        ids = np.concatenate([self.corpus.window(int(s), length) for s in starts])
+        return torch.from_numpy(ids), self.at(p)
+
 
 # ----------------------------------------------------------------------------- training
 
@@ -212,22 +236,23 @@ class EntropyFeed:
 def calibrate_config(
     patcher_cfg,
     patcher,
-    heldout,
+    train,
     max_bytes: int | None = CALIBRATION_BYTES,
     progress: bool = False,
     log=print,
 ):
     """Calibrate an entropy `PatcherConfig` and its `EntropyPatcher` (built from it) to the
-    config's target on a held-out split -> (new cfg, the calibrated patcher)."""
+    config's target on the calibration sample of the training split (never the held-out
+    split bpb is reported on) -> (new cfg, the calibrated patcher)."""
     target = patcher_cfg.target_bytes_per_patch
     if target <= 0:
         return patcher_cfg, patcher
-    cal = patcher.calibrate(heldout, target, max_bytes=max_bytes, progress=progress)
+    cal = patcher.calibrate(train, target, max_bytes=max_bytes, progress=progress)
     if log is not None:
         log(
             f"bytelm: entropy threshold {cal.threshold:.4f} bits ({patcher_cfg.mode}) gives "
-            f"{cal.measured_bytes_per_patch:.3f} bytes/patch on {cal.n_positions:,} held-out "
-            f"positions (target {target:g}, {cal.method})"
+            f"{cal.measured_bytes_per_patch:.3f} bytes/patch on {cal.n_positions:,} training "
+            f"positions, the calibration sample (target {target:g}, {cal.method})"
         )
     new = dataclasses.replace(
         patcher_cfg, threshold=cal.threshold, measured_bytes_per_patch=cal.measured_bytes_per_patch
@@ -247,7 +272,7 @@ def prepare_training(cfg, corpus: dict, patcher, main: bool = True):
         return cfg, None
     log = print if main else None
     if pc.target_bytes_per_patch > 0 and pc.measured_bytes_per_patch == 0:
-        pc, patcher = calibrate_config(pc, patcher, corpus["heldout"], progress=main, log=log)
+        pc, patcher = calibrate_config(pc, patcher, corpus["train"], progress=main, log=log)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, patcher=pc))
     cache = EntropyCache(corpus["train"], patcher)
     tc, dc = cfg.train, cfg.data

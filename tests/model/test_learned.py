@@ -335,12 +335,12 @@ def test_warnings_for_collapse_and_a_stuck_rate():
 
 
 class _Split:
-    """A held-out split: eval_batches of fixed windows."""
+    """A training split: its calibration sample is fixed windows."""
 
     def __init__(self, ids):
         self.ids = ids
 
-    def eval_batches(self, seq_len, batch_size, max_bytes=None):
+    def sample_batches(self, seq_len, batch_size, max_bytes=None, sample=0):
         yield from self.ids.split(batch_size)
 
 

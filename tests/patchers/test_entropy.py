@@ -15,7 +15,6 @@ from bytelm.patchers.entropy import (
     EntropyPatcher,
     _forward_pieces,
     chunk_start,
-    mean_bytes_per_patch,
 )
 from bytelm.patchers.entropy_cache import EntropyCache
 from bytelm.vocab import BOS, EOS, PAD
@@ -151,22 +150,20 @@ def test_rule_modes_on_known_entropies(patcher):
 
 @pytest.mark.parametrize("mode", ["global", "monotonic"])
 @pytest.mark.parametrize("target", [2.0, 3.5, 5.0])
-def test_calibration_hits_target_on_heldout(patcher, corpus, mode, target):
-    held = corpus["heldout"]
+def test_calibration_hits_target_on_its_sample(patcher, corpus, mode, target):
+    """In-sample, against the live patcher; out of sample: tests/patchers/test_calibration.py."""
+    train = corpus["train"]
     p = EntropyPatcher(patcher.model, patcher.context, mode, max_patch_len=12, source="t")
-    cal = p.calibrate(held, target)  # from the held-out cache
+    cal = p.calibrate(train, target)  # every 256-position window of the split, from the cache
     assert abs(cal.measured_bytes_per_patch / target - 1) <= 0.02
-    assert cal.n_positions == held.stream_len
+    assert cal.n_positions == train.stream_len // 256 * 256
     # measured independently: the live patcher (no cache) document by document
     n_pos = n_patches = 0
-    for d in range(held.n_docs):
-        a, b = int(held.doc_starts[d]), int(held.doc_starts[d + 1])
-        lengths = p.patch(torch.from_numpy(held.window(a, b - a))[None])[0]
+    for d in range(train.n_docs):
+        a, b = int(train.doc_starts[d]), int(train.doc_starts[d + 1])
+        lengths = p.patch(torch.from_numpy(train.window(a, b - a))[None])[0]
         n_pos, n_patches = n_pos + b - a, n_patches + int((lengths > 0).sum())
     assert abs(n_pos / n_patches / target - 1) <= 0.02, (n_pos / n_patches, cal)
-    # and it transfers to unseen text (the train split) roughly
-    ids, H = EntropyCache(corpus["train"], p).sample()
-    assert abs(mean_bytes_per_patch(ids, H, mode, p.threshold, 12) / target - 1) < 0.1
 
 
 def test_calibration_uses_exact_quantile_in_global_mode(patcher, corpus):
@@ -250,10 +247,10 @@ def test_training_calibrates_caches_and_bundles_the_entropy_model(corpus, tmp_pa
     trainer = Trainer(cfg, corpus=corpus)
     pc = trainer.cfg.model.patcher
     assert abs(pc.measured_bytes_per_patch / 3 - 1) <= 0.02 and pc.threshold != 0
-    cache = trainer.entropy_feed.cache  # 2 steps read a sliver of the split: filled lazily
-    assert not cache.done.any()
+    cache = trainer.entropy_feed.cache  # calibrated on the training split: those chunks cached
+    assert cache.done.any()
     trainer.fit()
-    assert 0 < cache.done.sum() < len(cache.done)
+    assert cache.done.any()
     ckpt = tmp_path / "run" / "checkpoint"
     shutil.rmtree(ent)  # the checkpoint must not need the original entropy model
     assert (ckpt / "entropy_model" / "model.safetensors").is_file()
