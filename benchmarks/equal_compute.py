@@ -1,0 +1,388 @@
+"""Flat byte transformers against ByteLMs at equal compute: does the hierarchy pay?
+
+    python -m benchmarks.equal_compute --data stdlib --budgets 1.5,4
+    python -m benchmarks.equal_compute --data ../shared/data/tinyshakespeare.txt --split tail
+    python -m benchmarks.equal_compute --data stdlib --seeds 1 --only flat-128x4,lm-1h   # 2nd seed
+    python -m benchmarks.equal_compute --report        # tables and plot from what has run
+
+Every run gets a budget in CPU-minutes of one thread (`time.process_time`, one torch thread
+per run, so runs side by side on a 2-core machine each get their own core). A run's step
+count comes from the measured CPU cost of a few probe steps, and its cosine schedule runs to
+it; the run then records the CPU time it really took and its training FLOPs (analytic,
+`bytelm.evals.flops`, at the bytes per patch it reached on held-out text; a frozen entropy
+model's forward counted too). Held-out bpb is head 1's on the first `--eval-bytes` bytes of
+the held-out split. Runs with several output heads also report the teacher-forced bytes
+per forward pass of self-speculative decoding on the same bytes: 1 + the number of leading
+draft heads (2, 3, ...) whose greedy byte equals the true one.
+
+The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
+
+    flat-*     ByteTransformer at three sizes
+    lm-1h      ByteLM, local 128 (encoder 1 layer, decoder 2), latent 256 x 4, fixed:4, one
+               head: the decoder's output (out_heads.kind = mlp, n = 1)
+    lm-1h-96   the same with 96-wide local layers
+    lm-1h-L384 the same with a 384-wide latent
+    lm-4mlp    lm-1h with 4 heads, heads 2-4 residual MLPs, loss weights 1, .25, .25, .25
+    lm-4mlp-eq the same, equal loss weights
+    lm-4block  lm-1h with 4 heads that are each a transformer block (the design before
+               out_heads.kind existed), equal weights
+    lm-1h-space / -entropy / -learned   lm-1h with another patcher at about 4 bytes/patch
+
+Results append to benchmarks/results/equal_compute_runs.jsonl (a rerun skips what is
+there); `--report` writes equal_compute.{md,csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine, markdown_table
+
+RUNS_FILE = RESULTS / "equal_compute_runs.jsonl"
+LOCAL = lambda d, enc, dec: {
+    "model.encoder.dim": str(d), "model.encoder.n_layers": str(enc),
+    "model.decoder.dim": str(d), "model.decoder.n_layers": str(dec),
+}  # fmt: skip
+ONE_HEAD = {"model.out_heads.n": "1", "model.out_heads.kind": "mlp"}
+LM = {**LOCAL(128, 1, 2), "model.latent.dim": "256", "model.latent.n_layers": "4", **ONE_HEAD}
+FIXED4 = {"model.patcher.name": "fixed", "model.patcher.k": "4"}
+FLAT = lambda d, n: {
+    "arch": "transformer",
+    "transformer.dim": str(d),
+    "transformer.n_layers": str(n),
+}
+FAMILIES = {
+    "flat-96x3": FLAT(96, 3),
+    "flat-128x4": FLAT(128, 4),
+    "flat-192x4": FLAT(192, 4),
+    "lm-1h": {**LM, **FIXED4},
+    "lm-1h-96": {**LM, **FIXED4, **LOCAL(96, 1, 2)},
+    "lm-1h-L384": {**LM, **FIXED4, "model.latent.dim": "384", "model.latent.attn_heads": "6"},
+    "lm-4mlp": {**LM, **FIXED4, "model.out_heads.n": "4", "model.out_heads.weights": "1,.25,.25,.25"},
+    "lm-4mlp-eq": {**LM, **FIXED4, "model.out_heads.n": "4"},
+    "lm-4block": {**LM, **FIXED4, "model.out_heads.n": "4", "model.out_heads.kind": "block"},
+    "lm-1h-space": {**LM, "model.patcher.name": "space"},
+    "lm-1h-entropy": {**LM, "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "4"},
+    "lm-1h-learned": {**LM, "model.patcher.name": "learned", "model.patcher.target_bytes_per_patch": "4"},
+}  # fmt: skip
+SMALL_BUDGET = [
+    "flat-96x3",
+    "flat-128x4",
+    "flat-192x4",
+    "lm-1h",
+    "lm-1h-96",
+    "lm-1h-L384",
+    "lm-4mlp",
+]
+COMMON = {
+    "data.seq_len": "256", "data.batch_size": "16", "train.lr": "3e-3", "train.warmup_steps": "30",
+    "train.progress": "false", "train.keep_checkpoints": "1", "train.compile": "off",
+}  # fmt: skip
+
+
+def corpus_name(data: str) -> str:
+    return "stdlib" if data == "stdlib" else Path(data).stem
+
+
+def data_overrides(args) -> dict:
+    return {"data.sources": args.data, "data.split": args.split, "data.heldout_fraction": "0.1"}
+
+
+def entropy_model(args, runs: Path) -> str:
+    """The corpus's entropy model (the `entropy` preset, trained once, outside any budget)."""
+    import torch
+
+    from bytelm import config as C
+    from bytelm.train import Trainer
+
+    torch.set_num_threads(1)
+    out = runs / "entropy-model"
+    if not (out / "checkpoint" / "model.safetensors").exists():
+        over = {**data_overrides(args), "train.out_dir": str(out), "train.progress": "false"}
+        Trainer(C.override(C.load_preset("entropy"), over)).fit()
+    return str(out / "checkpoint")
+
+
+def teacher_forced(model, split, seq_len: int, max_bytes: int) -> dict:
+    """Bytes per forward pass of greedy self-speculative decoding along the true text, and
+    each head's greedy accuracy."""
+    import torch
+
+    from bytelm.model.layers import doc_ids
+    from bytelm.model.loss import target_mask
+
+    total = n = 0
+    hits = None
+    with torch.no_grad():
+        for ids in split.eval_batches(seq_len, 16, max_bytes=max_bytes):
+            pred = model(ids).argmax(-1)  # (B, T, K)
+            K, T = pred.shape[2], ids.shape[1]
+            docs = doc_ids(ids)
+            ok = []  # ok[k-1]: head k's byte at t equals byte t + k, for t < T - K
+            for k in range(1, K + 1):
+                good = (pred[:, : T - k, k - 1] == ids[:, k:]) & target_mask(ids, docs, k)
+                ok.append(good[:, : T - K])
+            ok = torch.stack(ok, -1)  # (B, T - K, K)
+            valid = target_mask(ids, docs, K)[:, : T - K] & target_mask(ids, docs, 1)[:, : T - K]
+            drafts = ok[..., 1:].long().cumprod(-1).sum(-1)  # leading correct drafts
+            total += int((1 + drafts)[valid].sum())
+            n += int(valid.sum())
+            h = ok[valid].sum(0)
+            hits = h if hits is None else hits + h
+    return {"tf_bytes_per_forward": total / max(n, 1), "head_acc": [int(x) / n for x in hits]}
+
+
+def run_one(job: dict) -> dict:
+    """One training run in its own process with one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    from bytelm import config as C
+    from bytelm.evals.flops import flops_per_byte
+    from bytelm.patchers import ends_to_lengths
+    from bytelm.train import Trainer
+    from bytelm.vocab import PAD
+
+    over = {**COMMON, **job["data"], **FAMILIES[job["name"]], "train.seed": str(job["seed"])}
+    if job["name"].endswith("entropy"):
+        over["model.patcher.entropy_model"] = job["entropy_model"]
+    out = Path(job["runs"]) / f"{job['name']}-b{job['budget']}-s{job['seed']}"
+    over.update({"train.out_dir": str(out), "train.eval_bytes": str(job["eval_bytes"])})
+    preset = C.load_preset("demo")
+    if over.get("arch") == "transformer":
+        preset = C.override(C.load_preset("entropy"), {"transformer.attn_heads": "4"})
+    cfg = C.override(preset, {k: v for k, v in over.items() if k != "arch"})
+
+    # the step cost, from a throwaway trainer's 3 steps after one warm-up
+    probe_cfg = C.override(cfg, {"train.steps": "1000", "train.eval_every": "100000",
+                                 "train.save_every": "100000", "train.prefetch": "false"})  # fmt: skip
+    probe = Trainer(probe_cfg)
+    probe.train_step()
+    c0 = time.process_time()
+    for _ in range(3):
+        probe.train_step()
+    step_s = (time.process_time() - c0) / 3
+    del probe
+    steps = max(20, int(job["budget"] * 60 / step_s))
+    cfg = C.override(cfg, {"train.steps": str(steps), "train.eval_every": str(steps),
+                           "train.save_every": str(steps), "train.prefetch": "false"})  # fmt: skip
+
+    trainer = Trainer(cfg)
+    c0, w0 = time.process_time(), time.perf_counter()
+    trainer.fit()
+    cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
+    ev = trainer.evaluate()
+    model = trainer.raw_model.eval()
+    row = {
+        "corpus": job["corpus"], "name": job["name"], "budget_cpu_min": job["budget"],
+        "seed": job["seed"], "steps": steps, "cpu_min": cpu_s / 60, "wall_min": wall_s / 60,
+        "bpb": ev["bpb"], "eval_bytes": ev["eval_bytes"],
+    }  # fmt: skip
+    bytes_trained = steps * cfg.data.batch_size * cfg.data.seq_len
+    if cfg.arch == "transformer":
+        fpb, r, heads = flops_per_byte(cfg.transformer, seq_len=cfg.data.seq_len)["total"], 1.0, 1
+    else:
+        n_bytes = n_patches = 0
+        with torch.no_grad():  # the bytes per patch this model reaches on the held-out bytes
+            for ids in trainer.corpus["heldout"].eval_batches(
+                cfg.data.seq_len, 16, max_bytes=job["eval_bytes"]
+            ):
+                ends = model.route(ids)[1] if model.learned else model.patcher.ends(ids)
+                nb = (ids != PAD).sum(-1)
+                n_bytes += int(nb.sum())
+                n_patches += int(ends_to_lengths(ends, nb).gt(0).sum())
+        r = n_bytes / n_patches
+        ent = None
+        if cfg.model.patcher.name == "entropy":
+            ent = model.patcher.model.cfg
+        fpb = flops_per_byte(cfg.model, r, cfg.data.seq_len, entropy_model=ent)["total"]
+        heads = cfg.model.out_heads.n
+        if heads > 1:
+            row.update(teacher_forced(model, trainer.corpus["heldout"], cfg.data.seq_len,
+                                      job["eval_bytes"]))  # fmt: skip
+    from bytelm.evals.flops import run_size
+
+    row.update(
+        bytes_per_patch=r, heads=heads, train_flops=fpb * bytes_trained, flops_per_byte=fpb,
+        params_non_embedding=run_size(cfg)["params_non_embedding"], train_bytes=bytes_trained,
+    )  # fmt: skip
+    return row
+
+
+def done_keys() -> set:
+    if not RUNS_FILE.exists():
+        return set()
+    rows = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
+    return {(r["corpus"], r["name"], r["budget_cpu_min"], r["seed"]) for r in rows}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", default="stdlib")
+    ap.add_argument("--split", default="hash", choices=["hash", "tail"])
+    ap.add_argument("--budgets", default="1.5,4", help="CPU-minutes per run (one thread)")
+    ap.add_argument("--only", default="", help="comma-separated family names (default: all)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--workers", type=int, default=2, help="runs side by side, one thread each")
+    ap.add_argument("--eval-bytes", type=int, default=131072)
+    ap.add_argument("--runs", default="runs/equal_compute")
+    ap.add_argument("--report", action="store_true", help="only write the tables and plot")
+    ap.add_argument("--runs-file", default="", help="where run rows go (default: results)")
+    args = ap.parse_args(argv)
+    global RUNS_FILE
+    RUNS_FILE = Path(args.runs_file) if args.runs_file else RUNS_FILE
+    if args.report:
+        return report()
+    name = corpus_name(args.data)
+    runs = Path(args.runs) / name
+    budgets = [float(b) for b in args.budgets.split(",")]
+    only = [n for n in args.only.split(",") if n] or list(FAMILIES)
+    unknown = set(only) - set(FAMILIES)
+    if unknown:
+        raise SystemExit(
+            f"bytelm: unknown families {sorted(unknown)}; choose from {list(FAMILIES)}"
+        )
+    done = done_keys()
+    jobs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for b in budgets:
+            for fam in only:
+                if b != max(budgets) and fam not in SMALL_BUDGET:
+                    continue
+                if (name, fam, b, seed) in done:
+                    continue
+                jobs.append({"corpus": name, "name": fam, "budget": b, "seed": seed,
+                             "data": data_overrides(args), "runs": str(runs),
+                             "eval_bytes": args.eval_bytes})  # fmt: skip
+    if any(j["name"].endswith("entropy") for j in jobs):
+        ent = entropy_model(args, runs)
+        for j in jobs:
+            j["entropy_model"] = ent
+    jobs.sort(key=lambda j: -j["budget"])  # long runs first, so the pool drains evenly
+    print(f"{len(jobs)} runs: " + ", ".join(f"{j['name']}@{j['budget']}" for j in jobs), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"),
+                             max_tasks_per_child=1) as pool:  # fmt: skip
+        futures = {pool.submit(run_one, j): j for j in jobs}
+        for fut in as_completed(futures):
+            j = futures[fut]
+            try:
+                row = fut.result()
+            except Exception as e:  # one failed run is reported, the others go on
+                print(f"FAILED {j['name']}@{j['budget']} seed {j['seed']}: {e!r}", flush=True)
+                continue
+            row["load_avg"] = os.getloadavg()[0]
+            with open(RUNS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    report()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def family(name: str) -> str:
+    if name.startswith("flat"):
+        return "flat"
+    return "bytelm, 1 head" if "-1h" in name else "bytelm, 4 heads"
+
+
+def report() -> None:
+    rows = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
+    table = []
+    for r in sorted(rows, key=lambda r: (r["corpus"], r["budget_cpu_min"], r["bpb"])):
+        table.append({
+            "corpus": r["corpus"], "budget (CPU-min)": r["budget_cpu_min"], "run": r["name"],
+            "seed": r["seed"], "held-out bpb": round(r["bpb"], 4),
+            "bytes/patch": round(r["bytes_per_patch"], 2), "heads": r["heads"],
+            "TF bytes/fwd": round(r["tf_bytes_per_forward"], 3) if "tf_bytes_per_forward" in r else "",
+            "train TFLOPs": round(r["train_flops"] / 1e12, 2), "CPU-min": round(r["cpu_min"], 2),
+            "steps": r["steps"], "params (non-emb)": r["params_non_embedding"],
+        })  # fmt: skip
+    summary = summarize(rows)
+    md = (
+        "# Equal compute: flat byte transformers against ByteLMs\n\n"
+        f"Machine: {machine()}; each run one torch thread, two runs side by side.\n\n"
+        + "\n".join(summary)
+        + "\n\n## All runs\n\n"
+        + markdown_table(table)
+        + "\n\n"
+        + (__doc__ or "").split("\n\n", 1)[1]
+    )
+    (RUNS_FILE.parent / "equal_compute.md").write_text(md)
+    import csv
+
+    with open(RUNS_FILE.parent / "equal_compute.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    plot(rows)
+    print(md)
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """Per corpus and budget: the best of each family and patcher, and the margins."""
+    out = []
+    for corpus in sorted({r["corpus"] for r in rows}):
+        for b in sorted({r["budget_cpu_min"] for r in rows if r["corpus"] == corpus}):
+            rs = [r for r in rows if r["corpus"] == corpus and r["budget_cpu_min"] == b]
+            best = {}
+            for r in rs:
+                f = family(r["name"])
+                best[f] = min(best.get(f, math.inf), r["bpb"])
+            line = f"- **{corpus}, {b:g} CPU-min**: " + ", ".join(
+                f"best {f} {v:.3f}" for f, v in sorted(best.items())
+            )
+            if "flat" in best:
+                for f in ("bytelm, 1 head", "bytelm, 4 heads"):
+                    if f in best:
+                        line += f"; {f} ahead of flat by {best['flat'] - best[f]:+.3f}"
+            seeds = {}
+            for r in rs:
+                seeds.setdefault(r["name"], []).append(r["bpb"])
+            spread = {n: max(v) - min(v) for n, v in seeds.items() if len(v) > 1}
+            if spread:
+                line += "; seed spread " + ", ".join(f"{n} {s:.3f}" for n, s in spread.items())
+            out.append(line)
+    return out
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = sorted({r["corpus"] for r in rows})
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        for name in FAMILIES:
+            rs = sorted(
+                (r for r in rows if r["corpus"] == corpus and r["name"] == name),
+                key=lambda r: r["train_flops"],
+            )
+            if not rs:
+                continue
+            style = "o--" if name.startswith("flat") else ("s-" if "-1h" in name else "^-")
+            ax.plot([r["train_flops"] for r in rs], [r["bpb"] for r in rs], style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (analytic)")
+        ax.set_ylabel("held-out bpb (head 1)")
+        ax.set_title(corpus)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RUNS_FILE.parent / "equal_compute.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
