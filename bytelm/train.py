@@ -459,6 +459,7 @@ class Trainer:
         end = tc.steps if stop_after is None else min(tc.steps, self.step + stop_after)
         bytes_per_step = dc.batch_size * dc.seq_len * tc.grad_accum * self.acc.num_processes
         last_eval, t0, steps0 = None, time.perf_counter(), self.step
+        c0, eval_wall, eval_cpu = time.process_time(), 0.0, 0.0
         pending: list[dict] = []  # steps whose metrics are still on the device
         while self.step < end:
             rec = self.train_step()
@@ -467,7 +468,12 @@ class Trainer:
             if "flops_per_byte" in self.size:  # cumulative training FLOPs (analytic)
                 rec["flops"] = self.size["flops_per_byte"] * bytes_per_step * self.step
             if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                # this fit's training time so far (wall and this process's CPU), evals excluded
+                w, c = time.perf_counter(), time.process_time()
+                rec.update(time_s=w - t0 - eval_wall, cpu_s=c - c0 - eval_cpu)
                 last_eval = self.evaluate()
+                eval_wall += time.perf_counter() - w
+                eval_cpu += time.process_time() - c
                 rec.update(last_eval, world_size=self.acc.num_processes)
                 rec["params_non_embedding"] = self.size["params_non_embedding"]
             self.history.append(rec)
