@@ -37,10 +37,12 @@ from benchmarks.common import RESULTS, machine, write_results
 from bytelm import config as C
 from bytelm.data import load_corpus
 from bytelm.evals import compression as comp
+from bytelm.evals.bpb import eval_batches_with_ends
 from bytelm.evals.flops import flops_per_byte
-from bytelm.patchers import make_patcher
+from bytelm.patchers import ends_to_lengths, make_patcher
 from bytelm.patchers.entropy_cache import EntropyCache
 from bytelm.train import Trainer
+from bytelm.vocab import PAD
 
 # a small ByteLM: local dim 64 (1 layer each side), latent 192 x 3, next-byte head only
 MODEL = {
@@ -222,9 +224,10 @@ def train_pair(args, name, corpus, data, runs, ecfg, ent_ckpt, ent_last):
         last = trainer.fit()
         wall, cpu = time.perf_counter() - t0, cpu_s() - c0
         model = trainer.raw_model.eval()
-        n = p = 0
-        for ids in corpus["heldout"].eval_batches(cfg.data.seq_len, 8, args.eval_bytes):
-            lengths = model.patcher.patch(ids)
+        n = p = 0  # the patches the evaluation gave the model: its documents' patches
+        held = corpus["heldout"]
+        for ids, ends in eval_batches_with_ends(model, held, cfg.data.seq_len, 8, args.eval_bytes):
+            lengths = ends_to_lengths(ends, (ids != PAD).sum(-1))
             n, p = n + int(lengths.sum()), p + int((lengths > 0).sum())
         r = n / p
         flops = flops_per_byte(cfg.model, r, cfg.data.seq_len, True)["total"]

@@ -15,7 +15,7 @@ a learned router decides inside the window (from the model's own states).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -42,6 +42,23 @@ def model_patching(model, split) -> Callable | None:
     return split_patching(patcher, split)
 
 
+def eval_batches_with_ends(
+    model, corpus, seq_len: int, batch_size: int, max_bytes=None, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`corpus.eval_batches`, every world_size-th batch from `rank`, with the patch ends a
+    ByteLM reads in them (host tensors) -> (ids (B, T), ends (B, T) or None for a model
+    without a rule or entropy source)."""
+    patching = model_patching(model, corpus)
+    starts = None if patching is None else corpus.eval_starts(seq_len, max_bytes or None)
+    for i, ids in enumerate(corpus.eval_batches(seq_len, batch_size, max_bytes=max_bytes or None)):
+        if i % world_size != rank:
+            continue
+        if patching is None:
+            yield ids, None
+        else:
+            yield ids, patching(ids, starts[i * batch_size : i * batch_size + len(ids)])
+
+
 @torch.no_grad()
 def evaluate_bpb(
     model: torch.nn.Module,
@@ -62,18 +79,13 @@ def evaluate_bpb(
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    patching = model_patching(model, corpus)
-    starts = corpus.eval_starts(seq_len, max_bytes or None)
     nats, count = 0.0, 0
-    for i, ids in enumerate(corpus.eval_batches(seq_len, batch_size, max_bytes=max_bytes or None)):
-        if i % world_size != rank:
-            continue
-        if patching is None:
-            logits = model(ids.to(device))
-        else:  # found on the host, where the window is made, as in training
-            ends = patching(ids, starts[i * batch_size : i * batch_size + len(ids)])
-            logits = model(ids.to(device), ends.to(device))
+    batches = eval_batches_with_ends(
+        model, corpus, seq_len, batch_size, max_bytes, rank, world_size
+    )
+    for ids, ends in batches:  # ends found on the host, where the window is made, as in training
         ids = ids.to(device)
+        logits = model(ids) if ends is None else model(ids, ends.to(device))
         out = multi_head_loss(logits[:, :, :1].float(), ids, doc_ids(ids))
         nats += float(out.nats)
         count += int(out.count)

@@ -351,7 +351,7 @@ def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch
     in the held-out eval windows (a sample the calibration never saw)."""
     from bytelm.checkpoint import load_model
     from bytelm.data import load_corpus
-    from bytelm.evals.bpb import evaluate_bpb
+    from bytelm.evals.bpb import eval_batches_with_ends, evaluate_bpb
 
     model, cfg = load_model(path)
     if cfg.arch != "bytelm" or cfg.model.patcher.name not in ("entropy", "learned"):
@@ -371,13 +371,12 @@ def eval_at_target(path: str, target: float, sources=None, max_bytes=None, batch
         cal = model.patcher.calibrate(corpus["train"], target, progress=True)
     r = evaluate_bpb(model, heldout, data.seq_len, batch_size, max_bytes)
     r["heldout_rule"] = data.heldout_rule()
-    n = p = 0
-    for ids in heldout.eval_batches(data.seq_len, batch_size, max_bytes):
-        with torch.no_grad():
-            ends = model.route(ids)[1] if learned else None
-        lengths = (
-            ends_to_lengths(ends, (ids != PAD).sum(-1)) if learned else model.patcher.patch(ids)
-        )
+    n = p = 0  # the patches the model read in the eval windows: its documents' (entropy)
+    for ids, ends in eval_batches_with_ends(model, heldout, data.seq_len, batch_size, max_bytes):
+        if learned:
+            with torch.no_grad():
+                ends = model.route(ids)[1]
+        lengths = ends_to_lengths(ends, (ids != PAD).sum(-1))
         n, p = n + int(lengths.sum()), p + int((lengths > 0).sum())
     return {
         **r,

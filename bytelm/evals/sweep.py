@@ -141,17 +141,21 @@ class FamilyFlops:
 
 
 def measure_bytes_per_patch(patcher, corpus, seq_len: int, max_bytes: int = 131072) -> float:
-    """Mean patch length over the first held-out windows (the same bytes every call)."""
+    """Mean patch length over the first held-out windows (the same bytes every call), each
+    window patched as its documents are, as the evaluation patches it."""
     import torch
 
+    from bytelm.evals.bpb import split_patching
     from bytelm.patchers import ends_to_lengths
     from bytelm.vocab import PAD
 
     n_bytes = n_patches = 0
+    patching = split_patching(patcher, corpus)
+    starts = corpus.eval_starts(seq_len, max_bytes)
     with torch.no_grad():
-        for ids in corpus.eval_batches(seq_len, 64, max_bytes):
+        for i, ids in enumerate(corpus.eval_batches(seq_len, 64, max_bytes)):
             real = (ids != PAD).sum(-1)
-            lengths = ends_to_lengths(patcher.ends(ids), real)
+            lengths = ends_to_lengths(patching(ids, starts[64 * i : 64 * i + len(ids)]), real)
             n_bytes += int(real.sum())
             n_patches += int((lengths > 0).sum())
     return n_bytes / max(n_patches, 1)

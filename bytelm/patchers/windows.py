@@ -70,10 +70,8 @@ def row_starts(patcher, split, starts, entropies=None) -> RowStart:
     inside = o > 0
     prev = np.where(inside, split.ids_at(starts - 1), PAD)
     prev_H = torch.zeros(len(starts))
-    if entropies is not None:
-        prev_H = torch.where(
-            torch.from_numpy(inside), entropies.at(starts - 1).float(), torch.zeros(())
-        )
+    if entropies is not None and inside.any():
+        prev_H[torch.from_numpy(inside)] = entropies.at(starts[inside] - 1).float()
     return RowStart(
         prev=torch.from_numpy(prev),
         open_len=torch.from_numpy(_open_len(patcher, split, starts, o, entropies)),

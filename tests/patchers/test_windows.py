@@ -88,3 +88,70 @@ def test_window_ends_of_rows_crossing_documents(heldout):
         nxt = torch.tensor([BOS, *heldout.doc(d + 1), EOS])
         assert torch.equal(ends[b, :5], p.ends(prev[None])[0, -5:])
         assert torch.equal(ends[b, 5:], p.ends(nxt[None])[0, :15])
+
+
+class OneDocument:
+    """`split` with document d replaced by `doc` ([BOS] + bytes + [EOS], same length), and the
+    entropies a whole-document pass gives it: what `window_ends` reads from a split."""
+
+    def __init__(self, split, d, doc, patcher=None):
+        self.split, self.a, self.doc = split, int(split.doc_starts[d]), doc
+        self.doc_starts, self.stream_len = split.doc_starts, split.stream_len
+        assert len(doc) == split.doc_starts[d + 1] - self.a
+        self.H = None if patcher is None else patcher.entropies(doc[None])[0]
+
+    def _inside(self, positions):
+        positions = np.asarray(positions) % self.stream_len
+        return positions, (positions >= self.a) & (positions < self.a + len(self.doc))
+
+    def ids_at(self, positions):
+        positions, inside = self._inside(positions)
+        out = self.split.ids_at(positions)
+        out[inside] = self.doc.numpy()[positions[inside] - self.a]
+        return out
+
+    def at(self, positions):  # the entropy cache's interface
+        positions, inside = self._inside(positions)
+        assert inside.all(), "only document d is read"
+        return self.H[torch.from_numpy(positions - self.a)]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "space", "entropy-global", "entropy-monotonic"])
+def test_window_ends_match_the_document_and_are_causal(kind, heldout, entropy_model):
+    """Windows at every offset of a document get the document's ends (entropy: with the
+    document's entropies, chunked at the tiny model's context 16), and changing the
+    document's bytes after t changes no window's ends at positions <= t."""
+    from bytelm.checkpoint import load_entropy_model
+    from bytelm.patchers.entropy import EntropyPatcher
+
+    if kind.startswith("entropy"):
+        model, context = load_entropy_model(entropy_model)
+        mode = kind.split("-")[1]
+        p = EntropyPatcher(model, context, mode, 1.5 if mode == "global" else 0.3, 5)
+    else:
+        p = FixedPatcher(k=4, max_patch_len=6) if kind == "fixed" else SpacePatcher(5)
+    d, W, t = 0, 10, 300
+    doc = torch.tensor([BOS, *heldout.doc(d), EOS])
+    offsets = np.arange(len(doc) - W)
+    a = int(heldout.doc_starts[d])
+
+    def windows(doc):
+        src = OneDocument(heldout, d, doc, p if kind.startswith("entropy") else None)
+        rows = torch.stack([doc[o : o + W] for o in offsets])
+        return window_ends(p, src, a + offsets, rows, src.H is not None and src or None)
+
+    full = p.ends(doc[None])[0]
+    got = windows(doc)
+    assert full.any() and not full.all()
+    for o in offsets:
+        assert torch.equal(got[o], full[o : o + W]), o
+    changed = doc.clone()
+    changed[t + 1 : -1] = torch.randint(
+        0, 256, (len(doc) - t - 2,), generator=torch.Generator().manual_seed(0)
+    )
+    again = windows(changed)
+    for o in offsets[offsets <= t]:
+        n = min(W, t + 1 - o)
+        assert torch.equal(again[o, :n], got[o, :n]), o
+    if kind != "fixed":  # the check can fail: later bytes do change later ends
+        assert not torch.equal(again, got)
