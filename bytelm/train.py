@@ -16,6 +16,7 @@ uncompiled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 
 from bytelm.checkpoint import (
     METRICS_FILE,
@@ -48,7 +50,7 @@ from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.flops import run_size
 from bytelm.kernels.attention import resolve_backend as attention_backend
 from bytelm.kernels.dispatch import resolve_backend as kernel_backend
-from bytelm.model.chunking import STATS, routing_stats, routing_warnings
+from bytelm.model.chunking import STATS, calibrate, routing_stats, routing_warnings
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
 from bytelm.patchers import ends_to_lengths
@@ -196,15 +198,29 @@ class Trainer:
                 "rng": _rng_state(),
                 "metrics_records": self._logged,
             }
-            if run:
-                out, self._kept = save_run_checkpoint(
-                    self.out_dir, self.step, self.raw_model, self.cfg, state, self._kept,
-                    tc.keep_checkpoints,
-                )  # fmt: skip
-            else:
-                save_checkpoint(out, self.raw_model, self.cfg, state)
+            try:
+                if run:
+                    out, self._kept = save_run_checkpoint(
+                        self.out_dir, self.step, self.raw_model, self.cfg, state, self._kept,
+                        tc.keep_checkpoints,
+                    )  # fmt: skip
+                else:
+                    save_checkpoint(out, self.raw_model, self.cfg, state)
+            except (OSError, SafetensorError) as e:  # a full disk, a lost mount: not a bug
+                raise self._save_failed(out, e) from None
         self.acc.wait_for_everyone()
         return out
+
+    def _save_failed(self, out: Path, e: Exception) -> CheckpointError:
+        """A save the file system refused -> one line that says what survives: the save
+        writes a new step directory and commits it last, so the previous checkpoint is
+        intact."""
+        why = getattr(e, "strerror", None) or str(e).split(" (os error")[0] or type(e).__name__
+        found = latest_checkpoint(self.out_dir)
+        kept = f"'{found[0]}' is intact" if found else "there is no earlier checkpoint"
+        return CheckpointError(
+            f"bytelm: cannot save the checkpoint of step {self.step} to '{out}': {why}; {kept}"
+        )
 
     def resume(self, path: Path | None = None) -> bool:
         """Continue from the newest complete checkpoint of `out_dir` (or of `path`: a run or
@@ -424,6 +440,42 @@ class Trainer:
         if found:
             recs[-1]["routing_warnings"] = found
 
+    def calibrate_router(self) -> dict:
+        """A learned source at the end of training: θ calibrated to patcher.target_bytes_per_patch
+        on the training split's calibration sample (`chunking.calibrate`) and written into the
+        config the checkpoint saves (patcher.threshold, measured_bytes_per_patch), as an entropy
+        patcher's θ is before training; the last evaluation then runs at that θ. (Not before:
+        the router changes while it trains, at θ = 0.5.) Every rank calibrates the same weights
+        on the same sample. -> the step record's `threshold` and `calibrated_bytes_per_patch`,
+        or {} when there is nothing to calibrate to."""
+        pc, dc = self.cfg.model.patcher, self.cfg.data
+        if not self.learned or pc.target_bytes_per_patch <= 1:
+            return {}
+        main = self.acc.is_main_process
+        target = pc.target_bytes_per_patch
+        try:
+            new, cal = calibrate(
+                self.raw_model, self.corpus["train"], target, dc.seq_len, dc.batch_size
+            )
+        except ValueError as e:  # a collapsed router: no θ in (0, 1) gives the target
+            if main:
+                print(f"{e}; the router keeps θ = {self.raw_model.patcher.threshold:.4f}")
+            return {}
+        self.cfg = dataclasses.replace(
+            self.cfg, model=dataclasses.replace(self.cfg.model, patcher=new)
+        )
+        if main:
+            print(
+                f"bytelm: router threshold {cal.threshold:.4f} gives "
+                f"{cal.measured_bytes_per_patch:.3f} bytes/patch on {cal.n_positions:,} "
+                f"calibration positions (target {target:g}); saved with the checkpoint",
+                flush=True,
+            )
+        return {
+            "threshold": cal.threshold,
+            "calibrated_bytes_per_patch": cal.measured_bytes_per_patch,
+        }
+
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to `train.steps` (or `stop_after` more steps). Returns the last metrics.
 
@@ -471,6 +523,8 @@ class Trainer:
                 # this fit's training time so far (wall and this process's CPU), evals excluded
                 w, c = time.perf_counter(), time.process_time()
                 rec.update(time_s=w - t0 - eval_wall, cpu_s=c - c0 - eval_cpu)
+                if self.step == tc.steps:  # a learned router: θ fitted to its target, then saved
+                    rec.update(self.calibrate_router())
                 last_eval = self.evaluate()
                 eval_wall += time.perf_counter() - w
                 eval_cpu += time.process_time() - c
