@@ -89,17 +89,23 @@ def patcher_for(patcher, r: float):
     """The PatcherConfig that gives r bytes per patch.
 
     An entropy patcher (the preset's `model.patcher.name = "entropy"`) is
-    calibrated to r by the Trainer; anything else becomes fixed:r, which needs
-    an integer r.
+    calibrated to r by the Trainer before training; a learned router
+    (`"learned"`) trains toward r (its ratio loss, at θ = 0.5) and is calibrated
+    to r at the end of training; anything else becomes fixed:r, which needs an
+    integer r.
     """
     if patcher.name == "entropy":
         return replace(patcher, target_bytes_per_patch=float(r), measured_bytes_per_patch=0.0)
+    if patcher.name == "learned":
+        return replace(
+            patcher, target_bytes_per_patch=float(r), measured_bytes_per_patch=0.0, threshold=0.0
+        )
     if float(r).is_integer():
         k = int(r)
         return replace(patcher, name="fixed", k=k, max_patch_len=max(patcher.max_patch_len, k))
     raise S.ScalingError(
         f"bytes per patch {r:g} is not an integer; fixed:k patching needs integer rates "
-        "(or set model.patcher.name = entropy in the preset to calibrate to any rate)"
+        "(or set model.patcher.name = entropy or learned in the preset to reach any rate)"
     )
 
 
@@ -161,6 +167,27 @@ def measure_bytes_per_patch(patcher, corpus, seq_len: int, max_bytes: int = 1310
     return n_bytes / max(n_patches, 1)
 
 
+def learned_bytes_per_patch(model, corpus, seq_len: int, max_bytes: int = 131072) -> float:
+    """Mean patch length of a learned ByteLM's own boundaries (at its θ) over the first
+    held-out windows, the windows its bpb is measured on."""
+    import torch
+
+    from bytelm.vocab import PAD
+
+    n_bytes = n_ends = 0
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for ids in corpus.eval_batches(seq_len, 64, max_bytes):
+            ids = ids.to(device)
+            real = ids != PAD
+            n_bytes += int(real.sum())
+            n_ends += int((model.route(ids)[1] & real).sum())
+    model.train(was_training)
+    return n_bytes / max(n_ends, 1)
+
+
 def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Callable[[dict], dict]:
     """A train_fn for `run_sweep`: grid row -> a real training run of the family.
 
@@ -203,28 +230,46 @@ def make_train_fn(base, out_root: str | Path = "runs/sweep", log=print) -> Calla
         )
         trainer = Trainer(cfg, corpus=corpus)  # calibrates an entropy patcher to its target
         patcher = trainer.cfg.model.patcher
+        learned = patcher.name == "learned"
         if patcher.name == "entropy":  # the mean on its calibration sample (training split)
             bpp = patcher.measured_bytes_per_patch
             name = f"entropy:{patcher.target_bytes_per_patch:g}"
+        elif learned:  # measured after training, at the θ calibrated then
+            bpp, name = row["bpp"], f"learned:{patcher.target_bytes_per_patch:g}"
         else:
             bpp = measure_bytes_per_patch(
                 make_patcher(patcher), corpus["heldout"], dc.seq_len, tc.eval_bytes or 131072
             )
             name = f"fixed:{patcher.k}"
         D = steps * bytes_per_step
-        # entropies are computed once and cached, so the frozen entropy model is not counted
-        fpb = flops_per_byte(cfg.model, bpp, dc.seq_len)["total"]
         counts = param_counts(cfg.model)
-        log(
-            f"{row['run_id']}: latent {cfg.model.latent.dim}x{cfg.model.latent.n_layers} "
-            f"(N = {N:,}), {name} ({bpp:.3f} bytes/patch), {steps} steps = {D:,} bytes, "
-            f"{fpb * D:.3g} FLOPs"
-        )
+        lat = cfg.model.latent
+        size = f"{row['run_id']}: latent {lat.dim}x{lat.n_layers} (N = {N:,})"
+        if not learned:
+            # entropies are computed once and cached, so the frozen entropy model is not counted
+            fpb = flops_per_byte(cfg.model, bpp, dc.seq_len)["total"]
+            log(f"{size}, {name} ({bpp:.3f} bytes/patch), {steps} steps = {D:,} bytes, "
+                f"{fpb * D:.3g} FLOPs")  # fmt: skip
+        else:
+            log(f"{size}, {name}, {steps} steps = {D:,} bytes")
         t0 = time.perf_counter()
         last = trainer.fit()
         wall = time.perf_counter() - t0
+        extra = {}
+        if learned:
+            # the router's rate on the windows the loss is measured on, at the θ the end of
+            # training calibrated to the target (the Trainer's last evaluation ran at it); the
+            # FLOPs count the router and take that rate for the whole run (it trains toward it)
+            model = trainer.raw_model
+            bpp = learned_bytes_per_patch(model, corpus["heldout"], dc.seq_len,
+                                          tc.eval_bytes or 131072)  # fmt: skip
+            fpb = flops_per_byte(cfg.model, bpp, dc.seq_len)["total"]
+            extra = {k: last[k] for k in ("threshold", "calibrated_bytes_per_patch") if k in last}
+            log(f"{row['run_id']}: {bpp:.3f} held-out bytes/patch at θ = "
+                f"{model.patcher.threshold:.4f}, {fpb * D:.3g} FLOPs")  # fmt: skip
         log(f"{row['run_id']}: held-out bpb {last['bpb']:.4f} in {wall:.0f} s")
         return {
+            **extra,
             "loss": last["bpb"],
             "N": N,
             "D": D,

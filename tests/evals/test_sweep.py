@@ -203,3 +203,34 @@ def test_non_integer_rate_is_a_user_error(setup, capsys):
     assert cli.main([*argv, "--preset", str(preset), "--data.sources", str(corpus)]) == 2
     assert "not an integer" in capsys.readouterr().err
     assert not (tmp / "r.csv").exists()
+
+
+def test_a_sweep_trains_learned_chunking(setup, capsys):
+    """`--model.patcher.name learned`: each row's rate becomes the router's target (any rate,
+    integer or not), the end of training calibrates θ to it, and the row records the rate the
+    router gives on the held-out windows its loss is measured on, and FLOPs that count the
+    router."""
+    import dataclasses
+
+    from bytelm.checkpoint import load_config
+
+    tmp, corpus, preset = setup
+    N = sweep.family(C.load_preset(str(preset)))[0][0]
+    (tmp / "g.csv").write_text(f"run_id,N,D,bpp\nl3,{N},6400,3\nl25,{N},6400,2.5\n")
+    argv = ["sweep", "run", str(tmp / "g.csv"), "--runs", str(tmp / "r.csv"), "--preset"]
+    argv += [str(preset), "--out-dir", str(tmp / "out"), "--data.sources", str(corpus)]
+    assert cli.main([*argv, "--model.patcher.name", "learned"]) == 0
+    assert "trained 2 run(s)" in capsys.readouterr().out
+    rows = {r["run_id"]: r for r in read_rows(tmp / "r.csv")}
+    for run_id, target in (("l3", 3.0), ("l25", 2.5)):
+        row, cfg = rows[run_id], json.loads(rows[run_id]["config"])
+        bpp, D, flops = float(row["bpp"]), float(row["D"]), float(row["flops"])
+        assert cfg["patcher"] == f"learned:{target:g}" and 0 < cfg["threshold"] < 1
+        assert abs(cfg["calibrated_bytes_per_patch"] / target - 1) <= 0.02
+        assert abs(bpp / target - 1) < 0.2, "the held-out rate at the calibrated θ"
+        saved = load_config(tmp / "out" / run_id / "checkpoint").model
+        assert saved.patcher.name == "learned" and saved.patcher.threshold == cfg["threshold"]
+        assert flops == pytest.approx(flops_per_byte(saved, bpp, 32)["total"] * D)
+        fixed = dataclasses.replace(saved, patcher=C.PatcherConfig("fixed", k=3))
+        assert flops > flops_per_byte(fixed, bpp, 32)["total"] * D, "the router is counted"
+        assert 0 < float(row["loss"]) < 9
