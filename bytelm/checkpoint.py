@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from bytelm import config as C
 from bytelm.model import ByteLM, ByteTransformer
@@ -76,6 +76,11 @@ def _mkdir(path: Path) -> None:
 
 def _save_tensors(tensors: dict, path: Path) -> None:
     save_file(tensors, str(path))
+
+
+def _load_tensors(path: Path) -> dict:  # safetensors opens UTF-8 paths only: read others here
+    utf8 = os.fsencode(path).decode("utf-8", "replace") == str(path)
+    return load_file(str(path)) if utf8 else load(path.read_bytes())
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -210,7 +215,7 @@ def load_trainer_state(path: str | Path) -> dict:
         raise CheckpointError(f"bytelm: checkpoint '{path}' has no {STATE_FILE}; cannot resume")
     try:
         doc = json.loads((path / STATE_FILE).read_text())
-        tensors = load_file(str(path / STATE_TENSORS))
+        tensors = _load_tensors(path / STATE_TENSORS)
         if doc.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown format {doc.get('format')!r}")
         return decode_state(doc["state"], tensors)
@@ -456,7 +461,7 @@ def load_config(path: str | Path) -> C.RunConfig:
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     path = resolve_checkpoint(path)
     try:
-        state = load_file(str(path / MODEL_FILE))
+        state = _load_tensors(path / MODEL_FILE)
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(
             f"bytelm: checkpoint '{path}' has a corrupt {MODEL_FILE}: {e}"

@@ -155,6 +155,9 @@ def named_entropy_model(path: str | None) -> str | None:
 
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse argv and run the chosen command: its exit code, or 2 after one `bytelm: ` line."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args, rest = parser.parse_known_args(argv)
         overrides = split_overrides(rest, args.parser.prog, args.config_keys)

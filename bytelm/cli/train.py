@@ -64,7 +64,8 @@ def cmd_convert(args, overrides) -> int:
 def cmd_demo(args, overrides) -> int:
     from bytelm.demo import run_demo
 
-    cfg = resolve_config(args.preset or "demo", args.config, overrides)
+    preset = None if args.config else args.preset or "demo"  # --config alone: no preset
+    cfg = resolve_config(preset, args.config, overrides)
     return run_demo(cfg)
 
 
