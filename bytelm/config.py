@@ -119,7 +119,7 @@ class PatcherConfig:
     target_bytes_per_patch: float = 4.0
     threshold: float = 0.0
     delta: float = 0.0
-    measured_bytes_per_patch: float = 0.0  # written by calibration (held-out mean); 0 = not yet
+    measured_bytes_per_patch: float = 0.0  # written by calibration (its sample's mean); 0 = not yet
     # entropy-model checkpoint dir; "" = the sibling run's, `<train.out_dir>/../entropy/checkpoint`
     # (see `entropy_model_path`)
     entropy_model: str = ""
