@@ -445,11 +445,12 @@ class Trainer:
         on the training split's calibration sample (`chunking.calibrate`) and written into the
         config the checkpoint saves (patcher.threshold, measured_bytes_per_patch), as an entropy
         patcher's θ is before training; the last evaluation then runs at that θ. (Not before:
-        the router changes while it trains, at θ = 0.5.) Every rank calibrates the same weights
-        on the same sample. -> the step record's `threshold` and `calibrated_bytes_per_patch`,
-        or {} when there is nothing to calibrate to."""
+        the router changes while it trains, at θ = 0.5.) A threshold the config sets is the
+        user's and is kept. Every rank calibrates the same weights on the same sample. -> the
+        step record's `threshold` and `calibrated_bytes_per_patch`, or {} when there is
+        nothing to calibrate."""
         pc, dc = self.cfg.model.patcher, self.cfg.data
-        if not self.learned or pc.target_bytes_per_patch <= 1:
+        if not self.learned or pc.target_bytes_per_patch <= 1 or pc.threshold:
             return {}
         main = self.acc.is_main_process
         target = pc.target_bytes_per_patch

@@ -47,11 +47,14 @@ def test_learned_run_logs_its_rate_and_checkpoints_its_router(corpus_dir, tmp_pa
 
 
 def test_a_collapsed_router_is_reported(corpus_dir, tmp_path, capsys):
-    """A threshold no p reaches: only max_patch_len and EOS cut. One warning, and it is logged."""
+    """A threshold no p reaches: only max_patch_len and EOS cut. One warning, and it is logged.
+    The threshold is the user's: the end of training keeps it (no calibration)."""
     t = Trainer(learned_run(corpus_dir, tmp_path / "run", threshold=0.999))
     t.fit()
     out = capsys.readouterr().out
     assert out.count("learned boundaries collapsed") == 1, out
+    assert "router threshold" not in out and t.raw_model.patcher.threshold == 0.999
+    assert load_model(tmp_path / "run" / "checkpoint")[1].model.patcher.threshold == 0.999
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert "collapse" in recs[1]["routing_warnings"]
     assert recs[-1]["router_rate"] < 0.01
