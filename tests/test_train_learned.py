@@ -82,6 +82,34 @@ def test_eval_turns_the_knob_of_a_learned_checkpoint(learned_ckpt):
         assert 0 < r["threshold"] < 1 and r["bpb"] > 0
 
 
+def test_eval_save_writes_the_calibrated_threshold_into_the_checkpoint(
+    learned_ckpt, tmp_path, capsys
+):
+    """`bytelm eval CKPT --target-bytes-per-patch 5 --save`: the checkpoint's config then holds
+    θ and the measured bytes per patch of that calibration (and nothing else changes)."""
+    import shutil
+
+    from bytelm.checkpoint import load_config
+    from bytelm.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(learned_ckpt, ckpt)
+    before = load_config(ckpt)
+    assert main(["eval", str(ckpt), "--target-bytes-per-patch", "5", "--save"]) == 0
+    out = capsys.readouterr().out
+    model, cfg = load_model(ckpt)
+    pc = cfg.model.patcher
+    assert f"θ = {pc.threshold:.4f}" in out and "saved in its config" in out
+    assert model.patcher.threshold == pc.threshold != before.model.patcher.threshold
+    assert abs(pc.measured_bytes_per_patch / 5 - 1) <= 0.02 and pc.target_bytes_per_patch == 5
+    same = ("threshold", "measured_bytes_per_patch", "target_bytes_per_patch")
+    rest = {k: v for k, v in dataclasses.asdict(pc).items() if k not in same}
+    was = {k: v for k, v in dataclasses.asdict(before.model.patcher).items() if k not in same}
+    assert rest == was and cfg.data == before.data and cfg.train == before.train
+    assert main(["eval", str(ckpt), "--save"]) == 2
+    assert "give --target-bytes-per-patch" in capsys.readouterr().err
+
+
 def test_compare_and_patch_take_learned_checkpoints(learned_ckpt, corpus_dir, capsys):
     from bytelm.checkpoint import load_config
     from bytelm.cli import main

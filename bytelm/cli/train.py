@@ -25,18 +25,44 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def save_calibration(path, target: float, threshold: float, measured: float):
+    """Write a re-calibrated θ into a checkpoint's config.json (model.patcher.threshold,
+    measured_bytes_per_patch and target_bytes_per_patch; nothing else), atomically and
+    durably; the weights are untouched. -> the checkpoint directory."""
+    import json
+
+    from bytelm.checkpoint import CONFIG_FILE, _durable_text, load_config, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    d = json.loads((ckpt / CONFIG_FILE).read_text())
+    d["model"]["patcher"].update(
+        threshold=threshold, measured_bytes_per_patch=measured, target_bytes_per_patch=target
+    )
+    _durable_text(ckpt / CONFIG_FILE, json.dumps(d, indent=2) + "\n")
+    load_config(ckpt)  # it still loads
+    return ckpt
+
+
 def cmd_eval(args, overrides) -> int:
-    if args.target_bytes_per_patch:  # turn the compression knob of an entropy-patched model
+    if args.save and not args.target_bytes_per_patch:
+        raise ValueError("bytelm: eval --save writes a calibrated θ: give --target-bytes-per-patch")
+    if args.target_bytes_per_patch:  # turn the compression knob of an entropy or learned model
         from bytelm.evals.compression import eval_at_target
 
-        r = eval_at_target(args.checkpoint, args.target_bytes_per_patch, args.data or None,
-                           args.max_bytes or None, args.batch_size)  # fmt: skip
+        target = args.target_bytes_per_patch
+        r = eval_at_target(args.checkpoint, target, args.data or None, args.max_bytes or None,
+                           args.batch_size)  # fmt: skip
         print(
             f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes at "
             f"θ = {r['threshold']:.4f} ({r['calibrated_bytes_per_patch']:.2f} bytes/patch "
             f"calibrated, {r['eval_bytes_per_patch']:.2f} in the eval windows; trained at "
             f"{r['trained_target']:g}; {r['heldout_rule']})"
         )
+        if args.save:
+            ckpt = save_calibration(
+                args.checkpoint, target, r["threshold"], r["calibrated_bytes_per_patch"]
+            )
+            print(f"{ckpt}: θ = {r['threshold']:.4f} (target {target:g}) saved in its config")
         return 0
     r = bpb_of_checkpoint(
         args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
@@ -97,6 +123,12 @@ def add_parsers(sub) -> None:
         default=0,
         help="entropy or learned patcher: re-calibrate θ to this mean patch size first (on a "
         "sample of the training split; the bpb and bytes/patch are then held-out)",
+    )
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="with --target-bytes-per-patch: write the calibrated θ into the checkpoint's "
+        "config (patcher.threshold, measured_bytes_per_patch), as training does",
     )
 
     p = add_command(
