@@ -120,7 +120,8 @@ def main(argv=None):
             if "bytes_per_patch" in r and (r["step"] == 1 or r["step"] % every == 0)
         ]
         for target in (K, *knobs):
-            if learned and target == K:  # as trained: threshold 0.5
+            if learned and target == K:  # as trained: threshold 0.5 (fit ends calibrated to K)
+                model.patcher.threshold = 0.5
                 bpb, bpp = eval_at(model, heldout, seq, args.eval_bytes)
                 rows.append(row(label, "trained (θ = 0.5)", bpb, bpp, cpu, wall, 0.5))
             if learned:
