@@ -46,6 +46,14 @@ from bytelm.checkpoint import (
 )
 from bytelm.config import CHECKPOINT_DIR, RunConfig
 from bytelm.data import load_corpus
+from bytelm.distributed import (
+    FullWeights,
+    ShardedLoad,
+    WrappedForward,
+    full_state,
+    is_fsdp,
+    load_optimizer_state,
+)
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.flops import run_size
 from bytelm.kernels.attention import resolve_backend as attention_backend
@@ -150,6 +158,7 @@ class Trainer:
             self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         )
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.fsdp = is_fsdp(self.acc)  # sharded: state dicts are collectives (bytelm.distributed)
         cuda = self.acc.device.type == "cuda"
         # auto: on CUDA only. On CPU a compiled demo step is 1.06x (bucket 64) to 1.33x (16) an
         # eager one, but a cold compile costs 70-120 CPU-s: it pays only after ~600-1400 steps
@@ -187,13 +196,15 @@ class Trainer:
         run = path is None or Path(path) == self.out_dir / CHECKPOINT
         out = self.out_dir / CHECKPOINT if run else Path(path)
         self.acc.wait_for_everyone()
+        # every rank: under FSDP gathering the full state dicts is a collective
+        weights, optim = full_state(self.acc, self.model, self.optimizer)
         if self.acc.is_main_process:
             if self._log is not None:  # the history the checkpoint names is durable first
                 self._log.flush()
                 os.fsync(self._log.fileno())
             state = {
                 "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optim,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": _rng_state(),
                 "metrics_records": self._logged,
@@ -201,11 +212,11 @@ class Trainer:
             try:
                 if run:
                     out, self._kept = save_run_checkpoint(
-                        self.out_dir, self.step, self.raw_model, self.cfg, state, self._kept,
-                        tc.keep_checkpoints,
+                        self.out_dir, self.step, FullWeights(weights), self.cfg, state,
+                        self._kept, tc.keep_checkpoints,
                     )  # fmt: skip
                 else:
-                    save_checkpoint(out, self.raw_model, self.cfg, state)
+                    save_checkpoint(out, FullWeights(weights), self.cfg, state)
             except (OSError, SafetensorError) as e:  # a full disk, a lost mount: not a bug
                 raise self._save_failed(out, e) from None
         self.acc.wait_for_everyone()
@@ -240,8 +251,8 @@ class Trainer:
             return False
         ckpt, kept = found
         state = load_trainer_state(ckpt)
-        load_weights(ckpt, self.raw_model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_weights(ckpt, ShardedLoad(self.acc, self.model) if self.fsdp else self.raw_model)
+        load_optimizer_state(self.acc, self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step = state["step"]
@@ -274,20 +285,26 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def evaluate(self) -> dict:
+        """Held-out bpb. Under FSDP the wrapped model runs (only its forward gathers the
+        sharded parameters), and its forward is a collective, so every rank scores every
+        window (the same number of forwards on each); otherwise each rank scores every
+        world_size-th batch and the sums are reduced."""
         tc, dc = self.cfg.train, self.cfg.data
+        shard = (0, 1) if self.fsdp else (self.acc.process_index, self.acc.num_processes)
+        model = WrappedForward(self.model, self.raw_model) if self.fsdp else self.raw_model
         with self.acc.autocast():
             r = evaluate_bpb(
-                self.raw_model,
+                model,
                 self.corpus["heldout"],
                 dc.seq_len,
                 dc.batch_size,
                 max_bytes=tc.eval_bytes or None,
-                rank=self.acc.process_index,
-                world_size=self.acc.num_processes,
+                rank=shard[0],
+                world_size=shard[1],
                 device=self.acc.device,
             )
         t = torch.tensor([r["nats"], r["bytes"]], dtype=torch.float64, device=self.acc.device)
-        nats, count = self.acc.reduce(t, reduction="sum").tolist()
+        nats, count = t.tolist() if self.fsdp else self.acc.reduce(t, reduction="sum").tolist()
         return {"bpb": nats / (math.log(2) * max(count, 1)), "eval_bytes": int(count)}
 
     def batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
@@ -395,7 +412,8 @@ class Trainer:
                 routing += self.routing / tc.grad_accum
         metrics[1] = math.nan
         if tc.grad_clip > 0:
-            metrics[1] = self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            metrics[1] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
