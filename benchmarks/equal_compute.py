@@ -17,7 +17,7 @@ draft heads (2, 3, ...) whose greedy byte equals the true one.
 
 The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
 
-    flat-*     ByteTransformer at three sizes
+    flat-*     ByteTransformer at four sizes (width x layers)
     lm-1h      ByteLM, local 128 (encoder 1 layer, decoder 2), latent 256 x 4, fixed:4, one
                head: the decoder's output (out_heads.kind = mlp, n = 1)
     lm-1h-96   the same with 96-wide local layers
@@ -59,6 +59,7 @@ FLAT = lambda d, n: {
     "transformer.n_layers": str(n),
 }
 FAMILIES = {
+    "flat-64x4": FLAT(64, 4),
     "flat-96x3": FLAT(96, 3),
     "flat-128x4": FLAT(128, 4),
     "flat-192x4": FLAT(192, 4),
@@ -254,7 +255,7 @@ def main(argv=None):
     done = done_keys()
     jobs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for b in budgets:
+        for b in budgets:  # in the order given: the runs that matter most first
             for fam in only:
                 if b != max(budgets) and fam not in SMALL_BUDGET:
                     continue
@@ -267,7 +268,6 @@ def main(argv=None):
         ent = entropy_model(args, runs)
         for j in jobs:
             j["entropy_model"] = ent
-    jobs.sort(key=lambda j: -j["budget"])  # long runs first, so the pool drains evenly
     print(f"{len(jobs)} runs: " + ", ".join(f"{j['name']}@{j['budget']}" for j in jobs), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"),
