@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import lzma
 import time
+from pathlib import Path
 
 from bytelm.config import CALIBRATION_BYTES, RunConfig, entropy_model_path
 from bytelm.vocab import decode
@@ -64,40 +65,159 @@ def compression_table(trainer, max_bytes: int = CALIBRATION_BYTES) -> str:
     return to_markdown(rows)
 
 
+# The flat baseline the demo trains for the same CPU time as its ByteLM: the best flat size in
+# benchmarks/results/equal_compute.md at this budget.
+FLAT = {"dim": 128, "n_layers": 4, "attn_heads": 4}
+
+
+def flat_config(cfg: RunConfig, steps: int) -> RunConfig:
+    """A plain ByteTransformer on the demo's data, batch, lr and schedule, for `steps` steps."""
+    from bytelm.config import TransformerConfig
+
+    tc = dataclasses.replace(
+        cfg.train,
+        steps=steps,
+        eval_every=max(1, steps // 4),
+        save_every=steps,
+        out_dir=str(Path(cfg.train.out_dir).with_name(Path(cfg.train.out_dir).name + "-flat")),
+    )
+    return dataclasses.replace(
+        cfg, arch="transformer", transformer=TransformerConfig(**FLAT), train=tc
+    )
+
+
+def cpu_per_step(cfg: RunConfig) -> float:
+    """CPU seconds of one training step of `cfg`, from 3 steps after a warm-up one."""
+    from bytelm.train import Trainer
+
+    probe = Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, prefetch=False)))
+    probe.train_step()
+    c0 = time.process_time()
+    for _ in range(3):
+        probe.train_step()
+    return (time.process_time() - c0) / 3
+
+
+def curve(trainer) -> list[tuple[float, float]]:
+    """(training CPU seconds, held-out bpb) at every evaluation of a fit."""
+    return [(r["cpu_s"], r["bpb"]) for r in trainer.history if "bpb" in r and "cpu_s" in r]
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in curves.items():
+        ax.plot([c / 60 for c, _ in pts], [b for _, b in pts], "o-", label=name)
+    ax.set_xlabel("training time (CPU-minutes, this process)")
+    ax.set_ylabel("held-out bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def show_patching(model, held, n: int = 240) -> str:
+    """How the model patches a held-out snippet: patches separated by '|'."""
+    import torch
+
+    from bytelm.patchers import ends_to_lengths
+    from bytelm.viz import render
+    from bytelm.vocab import encode
+
+    raw = heldout_bytes(held, 8192)
+    start = raw.find(b"\n    ", len(raw) // 3) + 1  # an indented line of held-out code
+    ids = encode(raw[start : start + n], bos=True, eos=False)[None]
+    with torch.no_grad():
+        ends = model.route(ids)[1] if model.learned else model.patcher.ends(ids)
+    lengths = ends_to_lengths(ends, torch.tensor([ids.shape[1]]))[0]
+    lengths = lengths[lengths > 0].tolist()
+    return render(ids[0].tolist(), lengths, color=False) + (
+        f"\n({ids.shape[1]} bytes with BOS in {len(lengths)} patches, "
+        f"{ids.shape[1] / len(lengths):.2f} bytes/patch)"
+    )
+
+
+def run_share(data: bytes, min_run: int = 4) -> float:
+    """The share of `data` inside runs of at least `min_run` copies of one byte (a line of
+    spaces), where every draft head agrees and speculative decoding looks better than it is."""
+    inside, i = 0, 0
+    while i < len(data):
+        j = i
+        while j < len(data) and data[j] == data[i]:
+            j += 1
+        if j - i >= min_run:
+            inside += j - i
+        i = j
+    return inside / max(len(data), 1)
+
+
 def run_demo(cfg: RunConfig) -> int:
     from bytelm.generate import generate
     from bytelm.train import Trainer
 
-    t0 = time.perf_counter()
     ensure_entropy_model(cfg)
     trainer = Trainer(cfg)
     n_params = sum(p.numel() for p in trainer.raw_model.parameters())
     print(
         f"bytelm demo: {cfg.arch} with {n_params / 1e6:.2f}M parameters, patcher "
-        f"{cfg.model.patcher.name}, {cfg.train.steps} steps of "
-        f"{cfg.data.batch_size}x{cfg.data.seq_len} bytes on {', '.join(cfg.data.sources)}"
+        f"{cfg.model.patcher.name}, {cfg.model.out_heads.n} output heads, {cfg.train.steps} "
+        f"steps of {cfg.data.batch_size}x{cfg.data.seq_len} bytes on {', '.join(cfg.data.sources)}"
     )
     trainer.fit()
-    train_s = time.perf_counter() - t0
-    held = trainer.corpus["heldout"]
-    ev = trainer.evaluate()
-    raw = heldout_bytes(held, cfg.train.eval_bytes or None)
-    rows = [("bytelm (this run)", ev["bpb"])] + list(compressor_bpb(raw).items())
+    lm_cpu = curve(trainer)[-1][0]
+
+    # the flat baseline: as many CPU seconds of training as the ByteLM took
+    flat_step = cpu_per_step(flat_config(cfg, 1000))
+    steps = max(10, round(lm_cpu / flat_step))
+    fcfg = flat_config(cfg, steps)
     print(
-        f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {cfg.data.heldout_rule()}, "
-        f"{train_s / 60:.1f} min of training):"
+        f"\nbytelm demo: a flat ByteTransformer {FLAT['dim']}x{FLAT['n_layers']} for the same "
+        f"{lm_cpu / 60:.1f} CPU-minutes: {steps} steps"
     )
-    for name, v in rows:
-        print(f"  {name:<20} {v:6.3f}")
+    flat = Trainer(fcfg)
+    flat.fit()
+
+    held = trainer.corpus["heldout"]
+    ev, fev = trainer.evaluate(), flat.evaluate()
+    raw = heldout_bytes(held, cfg.train.eval_bytes or None)
+    rows = [
+        (f"bytelm ({cfg.model.patcher.name})", ev["bpb"], curve(trainer)[-1][0]),
+        (f"flat {FLAT['dim']}x{FLAT['n_layers']}", fev["bpb"], curve(flat)[-1][0]),
+    ]
+    rows += [(k, v, None) for k, v in compressor_bpb(raw).items()]
+    print(f"\nheld-out bits per byte ({ev['eval_bytes']:,} bytes, {cfg.data.heldout_rule()}):")
+    for name, v, cpu in rows:
+        t = f"  ({cpu / 60:.1f} CPU-min of training)" if cpu is not None else ""
+        print(f"  {name:<22} {v:6.3f}{t}")
+    verdict = "ahead of" if ev["bpb"] < fev["bpb"] else "behind"
+    print(f"  the ByteLM is {verdict} the flat model by {abs(fev['bpb'] - ev['bpb']):.3f} bpb")
+    png = Path(cfg.train.out_dir) / "demo_bpb.png"
+    plot_curves({"bytelm": curve(trainer), "flat": curve(flat)}, png)
+    print(f"  (held-out bpb against training time: {png})")
+
     print("\ncompression on the held-out split (bytes per patch; FLOPs per byte of this model):")
     print(compression_table(trainer))
-    prompt, model, kw = b"def ", trainer.raw_model, dict(temperature=0.7, seed=cfg.train.seed)
+    model = trainer.raw_model.eval()
+    print("\nhow the ByteLM patches a held-out snippet ('|' ends a patch):")
+    print(show_patching(model, held))
+
+    prompt, kw = b"def ", dict(temperature=0.7, seed=cfg.train.seed)
+    t0 = time.perf_counter()
     plain = generate(model, prompt, 240, **kw)
+    t1 = time.perf_counter()
     spec = generate(model, prompt, 240, speculative=model.n_heads_out > 1, **kw)
+    t2 = time.perf_counter()
+    plain_bps, spec_bps = len(plain.bytes) / (t1 - t0), len(spec.bytes) / (t2 - t1)
     print(
-        f"\nsample (temperature 0.7, self-speculative decoding: "
-        f"{spec.stats.bytes_per_forward:.2f} bytes per forward pass, "
-        f"plain decoding {plain.stats.bytes_per_forward:.2f}):\n"
-        + (prompt + spec.bytes).decode("utf-8", "replace")
+        f"\ndecoding 240 bytes at temperature 0.7: plain {plain_bps:,.0f} bytes/s, "
+        f"self-speculative {spec_bps:,.0f} bytes/s ({spec_bps / plain_bps:.2f}x; "
+        f"{spec.stats.bytes_per_forward:.2f} bytes per forward pass; "
+        f"{100 * run_share(spec.bytes):.0f}% of the text in runs of one repeated byte)"
     )
+    print("sample:\n" + (prompt + spec.bytes).decode("utf-8", "replace"))
     return 0
