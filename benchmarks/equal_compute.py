@@ -21,8 +21,10 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-1h      ByteLM, local 128 (encoder 1 layer, decoder 2), latent 256 x 4, fixed:4, one
                head: the decoder's output (out_heads.kind = mlp, n = 1)
     lm-1h-96   the same with 96-wide local layers
+    lm-1h-64   the same with 64-wide local layers, a 192 x 3 latent and 4096 n-gram buckets
     lm-1h-L384 the same with a 384-wide latent
     lm-4mlp    lm-1h with 4 heads, heads 2-4 residual MLPs, loss weights 1, .25, .25, .25
+    lm-4mlp-64 lm-1h-64 with those 4 heads
     lm-4mlp-eq the same, equal loss weights
     lm-4block  lm-1h with 4 heads that are each a transformer block (the design before
                out_heads.kind existed), equal weights
@@ -53,6 +55,9 @@ LOCAL = lambda d, enc, dec: {
 ONE_HEAD = {"model.out_heads.n": "1", "model.out_heads.kind": "mlp"}
 LM = {**LOCAL(128, 1, 2), "model.latent.dim": "256", "model.latent.n_layers": "4", **ONE_HEAD}
 FIXED4 = {"model.patcher.name": "fixed", "model.patcher.k": "4"}
+LM64 = {**LOCAL(64, 1, 2), "model.latent.dim": "192", "model.latent.n_layers": "3",
+        "model.ngram.buckets": "4096"}  # fmt: skip
+MLP4 = {"model.out_heads.n": "4", "model.out_heads.weights": "1,.25,.25,.25"}
 FLAT = lambda d, n: {
     "arch": "transformer",
     "transformer.dim": str(d),
@@ -65,8 +70,10 @@ FAMILIES = {
     "flat-192x4": FLAT(192, 4),
     "lm-1h": {**LM, **FIXED4},
     "lm-1h-96": {**LM, **FIXED4, **LOCAL(96, 1, 2)},
+    "lm-1h-64": {**LM, **FIXED4, **LM64},
+    "lm-4mlp-64": {**LM, **FIXED4, **LM64, **MLP4},
     "lm-1h-L384": {**LM, **FIXED4, "model.latent.dim": "384", "model.latent.attn_heads": "6"},
-    "lm-4mlp": {**LM, **FIXED4, "model.out_heads.n": "4", "model.out_heads.weights": "1,.25,.25,.25"},
+    "lm-4mlp": {**LM, **FIXED4, **MLP4},
     "lm-4mlp-eq": {**LM, **FIXED4, "model.out_heads.n": "4"},
     "lm-4block": {**LM, **FIXED4, "model.out_heads.n": "4", "model.out_heads.kind": "block"},
     "lm-1h-space": {**LM, "model.patcher.name": "space"},
