@@ -89,6 +89,9 @@ class OutputHeadsConfig:
     # block: each head a transformer block; mlp / linear: head 1 is the decoder's output and
     # heads 2..K a residual MLP / linear map on it (bytelm.model.heads)
     kind: str = "block"
+    # False: the draft heads' (2..K) losses train only their own layers, never the decoder,
+    # encoder, latent or the shared norm and unembedding, so head 1 learns as in a one-head model
+    draft_grad: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))

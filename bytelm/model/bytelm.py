@@ -30,6 +30,7 @@ from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.chunking import Routing, confidence, gate, patch_gates, smooth
 from bytelm.model.embed import ByteEmbedding
 from bytelm.model.heads import OutputHeads
+from bytelm.model.heads import logits as head_logits
 from bytelm.model.layers import Attention, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
 from bytelm.patchers import (
@@ -195,8 +196,9 @@ class ByteLM(nn.Module):
         d = self.decoder(h + u, docs, pos, backend)  # (B, T, D)
 
         # heads
-        y = self.heads(d, self.decoder.mask(docs, pos), backend)  # (B, T, K, D)
-        logits = self.unembed(self.norm(y))  # (B, T, K, V)
+        grad = self.cfg.out_heads.draft_grad
+        y = self.heads(d, self.decoder.mask(docs, pos), backend, grad)  # (B, T, K, D)
+        logits = head_logits(y, self.norm, self.unembed, grad)  # (B, T, K, V)
         return (logits, Routing(prob, ends, ids)) if routing else logits
 
     def route(self, ids: torch.Tensor):

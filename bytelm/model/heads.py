@@ -68,11 +68,18 @@ class OutputHeads(nn.ModuleList):
             if isinstance(layer, ResidualHead):
                 layer.reset_parameters()
 
-    def forward(self, d: torch.Tensor, spec: MaskSpec, backend: str) -> torch.Tensor:
+    def forward(
+        self, d: torch.Tensor, spec: MaskSpec, backend: str, draft_grad: bool = True
+    ) -> torch.Tensor:
+        """`draft_grad=False`: heads 2..K read d detached, so their losses do not reach the
+        layers below (see `logits` for the shared unembedding)."""
+        dd = d if draft_grad else d.detach()
         if self.kind == "block":
-            ys = [layer(d, spec, backend) for layer in self]
+            ys = [self[0](d, spec, backend)] + [
+                layer(dd, spec, backend) for layer in list(self)[1:]
+            ]
         else:
-            ys = [d] + [layer(d) for layer in self]
+            ys = [d] + [layer(dd) for layer in self]
         return torch.stack(ys, dim=2)  # (B, T, K, D)
 
     def step(self, d, spec, kv, first_layer: int, slots, backend, rot, heads: int):
@@ -88,3 +95,16 @@ class OutputHeads(nn.ModuleList):
         else:
             ys = [d] + [layer(d) for layer in list(self)[: heads - 1]]
         return torch.stack(ys, dim=2)
+
+
+def logits(y: torch.Tensor, norm: RMSNorm, unembed: nn.Linear, draft_grad: bool = True):
+    """Per-head states y (B, T, K, D) -> logits (B, T, K, V) through the shared norm and
+    unembedding. `draft_grad=False`: heads 2..K use them as constants (detached weights), so
+    only head 1's loss trains them."""
+    if draft_grad or y.shape[2] == 1:
+        return unembed(norm(y))
+    first = unembed(norm(y[:, :, :1]))
+    x = y[:, :, 1:].float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    x = (x * norm.weight.detach().float()).to(y.dtype)
+    return torch.cat([first, F.linear(x, unembed.weight.detach())], dim=2)

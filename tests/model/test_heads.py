@@ -107,3 +107,41 @@ def test_pad_is_not_a_target_for_any_kind():
     ids = text()
     ids[1, 50:] = PAD
     assert torch.isfinite(model.loss(ids).loss)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_draft_losses_can_leave_the_trunk_alone(kind):
+    """draft_grad=False: the same logits, and every parameter outside the draft heads' own
+    layers gets exactly the gradient of head 1's share of the loss."""
+    torch.manual_seed(0)
+    heads = OutputHeadsConfig(n=3, kind=kind, weights=(1.0, 0.5, 0.5), draft_grad=False)
+    model = ByteLM(dataclasses.replace(tiny_bytelm_config(), out_heads=heads))
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.normal_(0, 0.05)
+    ids = text()
+    out = model.loss(ids)
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    drafts = [
+        n
+        for n in got
+        if n.startswith("heads.") and not (kind == "block" and n.startswith("heads.0."))
+    ]
+    assert drafts and all(got[n].abs().sum() > 0 for n in drafts)
+
+    model.zero_grad()
+    full = model(ids)
+    from bytelm.model.layers import doc_ids
+    from bytelm.model.loss import multi_head_loss
+
+    (multi_head_loss(full[:, :, :1], ids, doc_ids(ids)).loss * 0.5).backward()  # 1 / (1 + .5 + .5)
+    for n, p in model.named_parameters():
+        if n in drafts:
+            continue
+        want = p.grad if p.grad is not None else torch.zeros_like(p)
+        assert torch.allclose(got.get(n, torch.zeros_like(p)), want, atol=1e-6), n
+    on = dataclasses.replace(model.cfg, out_heads=dataclasses.replace(heads, draft_grad=True))
+    twin = ByteLM(on)
+    twin.load_state_dict(model.state_dict())
+    assert torch.allclose(twin(ids), full, atol=1e-6)
