@@ -25,6 +25,8 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-1h-L384 the same with a 384-wide latent
     lm-4mlp    lm-1h with 4 heads, heads 2-4 residual MLPs, loss weights 1, .25, .25, .25
     lm-4mlp-64 lm-1h-64 with those 4 heads
+    lm-4det-96 lm-1h-96 with 4 residual MLP heads whose losses train only their own layers
+               (out_heads.draft_grad = false): head 1 trains as in a one-head model
     lm-4mlp-eq the same, equal loss weights
     lm-4block  lm-1h with 4 heads that are each a transformer block (the design before
                out_heads.kind existed), equal weights
@@ -58,6 +60,7 @@ FIXED4 = {"model.patcher.name": "fixed", "model.patcher.k": "4"}
 LM64 = {**LOCAL(64, 1, 2), "model.latent.dim": "192", "model.latent.n_layers": "3",
         "model.ngram.buckets": "4096"}  # fmt: skip
 MLP4 = {"model.out_heads.n": "4", "model.out_heads.weights": "1,.25,.25,.25"}
+DET4 = {"model.out_heads.n": "4", "model.out_heads.draft_grad": "false"}
 FLAT = lambda d, n: {
     "arch": "transformer",
     "transformer.dim": str(d),
@@ -72,6 +75,7 @@ FAMILIES = {
     "lm-1h-96": {**LM, **FIXED4, **LOCAL(96, 1, 2)},
     "lm-1h-64": {**LM, **FIXED4, **LM64},
     "lm-4mlp-64": {**LM, **FIXED4, **LM64, **MLP4},
+    "lm-4det-96": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DET4},
     "lm-1h-L384": {**LM, **FIXED4, "model.latent.dim": "384", "model.latent.attn_heads": "6"},
     "lm-4mlp": {**LM, **FIXED4, **MLP4},
     "lm-4mlp-eq": {**LM, **FIXED4, "model.out_heads.n": "4"},
