@@ -282,6 +282,14 @@ RENAMED = {
 }
 
 
+# Keys added with a default that differs from how configs written before them were built:
+# (class, key) -> the value an older config means by leaving it out.
+ADDED = {
+    (OutputHeadsConfig, "kind"): "block",
+    (OutputHeadsConfig, "draft_grad"): True,
+}
+
+
 def _renamed_error(cls, key: str, where: str) -> ConfigError | None:
     new = RENAMED.get((cls, key))
     if new is None:
@@ -298,7 +306,7 @@ def upgrade(cls, d: dict) -> dict:
     if not isinstance(d, dict):
         return d
     hints = _hints(cls)
-    out = {}
+    out = {k: v for (c, k), v in ADDED.items() if c is cls}
     for k, v in d.items():
         k = RENAMED.get((cls, k), k)
         t = hints.get(k)

@@ -34,6 +34,19 @@ def test_checkpoint_configs_with_old_keys_are_upgraded():
     assert C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)) == cfg
 
 
+def test_checkpoint_configs_from_before_head_kinds_keep_block_heads():
+    """Output heads were all transformer blocks trained with every head's loss before
+    out_heads.kind and draft_grad existed: an older config means that, whatever the defaults."""
+    d = C.to_dict(C.load_preset("tiny"))
+    for key in ("kind", "draft_grad"):
+        d["model"]["out_heads"].pop(key)
+    heads = C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)).model.out_heads
+    assert (heads.kind, heads.draft_grad) == ("block", True)
+    # a key that is there is kept
+    d["model"]["out_heads"]["kind"] = "linear"
+    assert C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)).model.out_heads.kind == "linear"
+
+
 def test_every_preset_ships_in_the_package_and_loads():
     names = C.preset_names()
     assert {"tiny", "demo", "entropy", "sweep"} <= set(names)
