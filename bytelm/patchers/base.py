@@ -189,6 +189,27 @@ def ends_from_fire(
     return natural | ((pos - prev_end) % max_patch_len == 0)
 
 
+def step_ends(natural, ids, patch_len, prev, period: int, n_valid=None):
+    """One incremental patching step, vectorised over the n new bytes.
+
+    natural (B, n): the rule's own ends (rule or EOS) of the new bytes ids (B, n); patch_len,
+    prev (B,): the open patch's length and the last byte before them. Row r takes only its
+    first n_valid[r] bytes. -> (ends (B, n), patch_len (B,), prev (B,)) after the taken bytes.
+    A forced cut falls every `period` bytes after the last end (cf. `ends_from_fire`)."""
+    B, n = ids.shape
+    i = torch.arange(n, device=ids.device).expand(B, n)
+    k = torch.full_like(patch_len, n) if n_valid is None else n_valid.to(patch_len).clamp(0, n)
+    take = i < k[:, None]
+    natural = natural & take
+    before = (-1 - patch_len)[:, None]  # where the end before these bytes was
+    last = torch.where(natural, i, before).cummax(1).values  # last natural end at or before i
+    prev_end = torch.cat([before, last[:, :-1]], 1)  # the last natural end before i
+    ends = natural | (((i - prev_end) % period == 0) & take)
+    patch_len = k - 1 - torch.where(ends, i, before).amax(1)
+    last_id = ids.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]
+    return ends, patch_len, torch.where(k > 0, last_id, prev)
+
+
 class RulePatcher:
     """A causal patcher defined by a per-byte rule `_fires(prev, cur) -> bool` (elementwise).
 
@@ -202,6 +223,7 @@ class RulePatcher:
 
     name = "rule"
     causal = True
+    functional_state = True  # `step` replaces the state's tensors, never edits them in place
 
     def __init__(self, max_patch_len: int):
         if max_patch_len < 1:
@@ -225,24 +247,23 @@ class RulePatcher:
     def step(
         self, state: PatcherState, new_ids: torch.Tensor, n_valid: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Feed one byte per row (B,) or several (B, n); mutates `state`.
+        """Feed one byte per row (B,) or several (B, n); updates `state`.
 
         Returns, per fed byte, whether the *next* byte starts a new patch. With
         `n_valid` (B,), row r takes only its first n_valid[r] bytes (the state
         ignores the rest; their outputs are False): a rollback's replay in one call.
+        Vectorised over the bytes (a fixed number of tensor ops whatever n), and
+        functional: the state's tensors are replaced, never written in place, so a
+        snapshot of the state is a shallow copy (`functional_state`).
         """
         if new_ids.dim() == 1:
             return self.step(state, new_ids[:, None], n_valid)[:, 0]
-        out = []
-        for i in range(new_ids.shape[1]):
-            cur = new_ids[:, i]
-            take = torch.ones_like(cur, dtype=torch.bool) if n_valid is None else n_valid > i
-            n = state.patch_len + 1
-            end = (self._fires(state.prev, cur) | (n >= self.period) | (cur == EOS)) & take
-            state.patch_len = torch.where(end, 0, torch.where(take, n, state.patch_len))
-            state.prev = torch.where(take, cur, state.prev)
-            out.append(end)
-        return torch.stack(out, dim=1)
+        prev = torch.cat([state.prev[:, None], new_ids[:, :-1]], dim=1)  # (B, n)
+        natural = self._fires(prev, new_ids) | (new_ids == EOS)
+        ends, state.patch_len, state.prev = step_ends(
+            natural, new_ids, state.patch_len, state.prev, self.period, n_valid
+        )
+        return ends
 
     def fires(self, byte_ids: torch.Tensor, start: RowStart | None = None) -> torch.Tensor:
         """(B, T) -> (B, T) bool: the rule's own ends (rule or EOS), before the period cuts."""

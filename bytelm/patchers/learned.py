@@ -52,6 +52,7 @@ class LearnedBoundaries(nn.Module):
     name = "learned"
     causal = True
     needs_states = True  # ends/step read the model's encoder states
+    functional_state = True  # `route_step` replaces the state's tensors, never edits them
 
     def __init__(
         self,
