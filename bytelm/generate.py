@@ -177,6 +177,7 @@ def generate(
     stream: bool = False,
     max_len: int | None = None,
     max_step: int = 64,
+    compile: bool = False,
 ) -> GenerationResult | GenerationStream:
     """Continue each prompt by up to `max_new_bytes` bytes.
 
@@ -188,7 +189,9 @@ def generate(
     prompt that does not fit is an error, never silently truncated. max_step:
     bytes per prefill call. stream: return a `GenerationStream`, which yields
     new bytes as soon as they are accepted (bytes, or a list of bytes per row
-    for a batch) and holds the result once exhausted.
+    for a batch) and holds the result once exhausted. compile: run a ByteLM's decode
+    calls through its compiled fixed-shape step (`bytelm.model.decode_compile`: CUDA graphs
+    on CUDA); the first calls pay the compilation.
     """
     cfg = GenerationConfig(
         max_new_bytes, temperature, top_k, top_p, speculative, draft_heads, seed, stop
@@ -198,7 +201,9 @@ def generate(
     prompts = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in prompts]
     if not prompts:
         raise ValueError("bytelm: generate needs at least one prompt")
-    s = GenerationStream(_run(model, prompts, cfg, max_len, max_step), batched)
+    sync_every = 1 if stream else SYNC_EVERY
+    run = _run(model, prompts, cfg, max_len, max_step, sync_every, compile)
+    s = GenerationStream(run, batched)
     if stream:
         return s
     for _ in s:
@@ -243,17 +248,67 @@ def _draft_count(model, cfg: GenerationConfig) -> int:
     return cfg.draft_heads or K - 1
 
 
+# Without streaming, the host reads back which rows are done once per SYNC_EVERY forward
+# passes: the passes in between run without waiting for the device, and at most
+# SYNC_EVERY - 1 passes run after the last row finished.
+SYNC_EVERY = 16
+FINISH = ("length", "eos", "stop")  # a row's finish reason, as its index on the device
+
+
+class _Rows:
+    """The rows' output, kept on the device: bytes (B, N + D + 1), counts (B,), which rows
+    are done and why. `emit` appends a forward pass's accepted bytes and applies EOS, stop
+    strings and the length limit with a fixed number of tensor ops: no host sync."""
+
+    def __init__(self, B: int, cfg: GenerationConfig, D: int, dev):
+        self.N = cfg.max_new_bytes
+        self.buf = torch.zeros(B, self.N + D + 1, dtype=torch.long, device=dev)
+        self.count = torch.zeros(B, dtype=torch.long, device=dev)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.reason = torch.zeros(B, dtype=torch.long, device=dev)
+        self.stops = [torch.tensor(list(s), dtype=torch.long, device=dev) for s in cfg.stop]
+
+    def emit(self, new: torch.Tensor, n_new: torch.Tensor) -> None:
+        """Append the first n_new[r] (B,) of new (B, J) to each row that is not done."""
+        B, J = new.shape
+        j = torch.arange(J, device=new.device)
+        valid = (j < n_new[:, None]) & ~self.done[:, None]  # (B, J)
+        at = self.count[:, None] + j  # (B, J) where each new byte goes (< N + D + 1)
+        self.buf.scatter_(1, at, new)  # bytes past the kept ones are overwritten later
+        eos = new == EOS
+        stop = torch.zeros_like(eos)
+        for s in self.stops:  # does the row end with s after byte j?
+            L = len(s)
+            win = self.buf.gather(1, (at[..., None] - L + 1 + torch.arange(L, device=new.device))
+                                  .clamp(min=0).flatten(1)).view(B, J, L)  # fmt: skip
+            stop |= (win == s).all(-1) & (at >= L - 1)
+        cut = valid & (eos | stop | (at + 1 >= self.N))  # (B, J) the row ends at byte j
+        first = torch.where(cut, j, J).amin(1)  # (B,) the first such byte, J if none
+        ended = first < J
+        at_first = first.clamp(max=J - 1)[:, None]
+        eos_first = eos.gather(1, at_first)[:, 0]
+        kept = torch.where(ended, first + (~eos_first).long(), valid.sum(1))
+        why = torch.where(eos_first, 1, torch.where(stop.gather(1, at_first)[:, 0], 2, 0))
+        self.reason = torch.where(ended & ~self.done, why, self.reason)
+        self.count = self.count + kept
+        self.done = self.done | ended
+
+
 @torch.no_grad()
-def _run(model, prompts: list[bytes], cfg: GenerationConfig, max_len, max_step):
-    """Yields, per forward pass, the new bytes of every row; returns a GenerationResult."""
+def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, compile=False):
+    """Yields, at each host sync, the new bytes of every row since the last; returns a
+    GenerationResult. Which rows are done is tracked on the device (`_Rows`); the host reads
+    it back every `sync_every` forward passes (1 when streaming), so a loop of decode calls
+    runs ahead of the device. A row that finished still takes part in the calls until then
+    (plain: its bytes are ignored; speculative: rolled back), and the loop never runs more
+    than max_new_bytes passes, which every row finishes within."""
     from bytelm.kernels.verify import verify
 
     t0 = time.perf_counter()
     B, D, T = len(prompts), _draft_count(model, cfg), cfg.temperature
     stats = GenerationStats(draft_heads=D, drafted=[0] * D, accepted=[0] * D)
-    out, finish = [bytearray() for _ in range(B)], ["length"] * B
     if cfg.max_new_bytes == 0:
-        return GenerationResult([bytes(o) for o in out], stats, finish)
+        return GenerationResult([b""] * B, stats, ["length"] * B)
     model.eval()
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -265,7 +320,8 @@ def _run(model, prompts: list[bytes], cfg: GenerationConfig, max_len, max_step):
             f"bytelm: the prompt is {max(lengths) - 1} bytes but the cache holds {max_len} "
             f"(with BOS); raise max_len or shorten the prompt"
         )
-    cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=1 + D)
+    kw = {"compile": True} if compile else {}  # a ByteTransformer's cache has no such option
+    cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=1 + D, **kw)
     ids = torch.full((B, max(lengths)), PAD, dtype=torch.long, device=dev)
     for r, p in enumerate(prompts):
         ids[r, : lengths[r]] = torch.tensor([BOS, *p], dtype=torch.long)
@@ -275,37 +331,39 @@ def _run(model, prompts: list[bytes], cfg: GenerationConfig, max_len, max_step):
     # prefill: logits of every head at each row's last prompt byte
     last = model.prefill(ids, cache, lengths_t)[rows, lengths_t - 1]  # (B, 1 + D, V)
     stats.prefill_seconds = time.perf_counter() - t0
-    stats.forward_passes = 1
-    active = [True] * B
+    passes = 1
+    out = _Rows(B, cfg, D, dev)
+    row_forwards = torch.tensor(B, device=dev)
+    drafted = torch.zeros(D, dtype=torch.long, device=dev)
+    accepted = torch.zeros(D, dtype=torch.long, device=dev)
+    heads = torch.arange(D, device=dev)
+    ones = torch.ones(B, dtype=torch.long, device=dev)
+    sent = [0] * B  # bytes of each row already yielded
 
-    def emit(new: list[list[int]]) -> list[bytes]:
-        """Append each row's accepted bytes, applying EOS, stop strings and the length limit."""
-        chunks = []
-        for r, bs in enumerate(new):
-            o, start = out[r], len(out[r])
-            for b in bs if active[r] else ():
-                if b == EOS:
-                    active[r], finish[r] = False, "eos"
-                    break
-                o.append(b)
-                hit = any(o.endswith(s) for s in cfg.stop)
-                if hit or len(o) >= cfg.max_new_bytes:
-                    active[r], finish[r] = False, "stop" if hit else "length"
-                    break
-            chunks.append(bytes(o[start:]))
-        return chunks
+    def flush() -> tuple[list[bytes], bool]:
+        """The one host sync: each row's bytes since the last flush, and whether all are done."""
+        count, done = out.count.tolist(), bool(out.done.all())
+        lo = min(sent)
+        buf = out.buf[:, lo : max(count)].tolist()
+        chunks = [bytes(buf[r][sent[r] - lo : count[r] - lo]) for r in range(B)]
+        sent[:] = count
+        return chunks, done
 
-    stats.row_forwards = B
     nxt = _draw(filter_logits(last[:, 0], T, cfg.top_k, cfg.top_p), T, g)  # (B,)
-    yield emit([[b] for b in nxt.tolist()])
-    while any(active):
-        was_active = torch.tensor(active, device=dev)
-        stats.forward_passes += 1
-        stats.row_forwards += sum(active)
+    out.emit(nxt[:, None], ones)
+    for step in range(1, cfg.max_new_bytes):
+        if step % sync_every == 1 or sync_every == 1:
+            chunks, finished = flush()
+            yield chunks
+            if finished:
+                break
+        active = ~out.done
+        passes += 1
+        row_forwards += active.sum()
         if D == 0:
             logits = model.decode(nxt[:, None], cache)[:, 0, 0]  # (B, V)
             nxt = _draw(filter_logits(logits, T, cfg.top_k, cfg.top_p), T, g)
-            yield emit([[b] for b in nxt.tolist()])
+            out.emit(nxt[:, None], ones)
             continue
 
         # draft: heads 2..D+1 at the last position predict the D bytes after `nxt`
@@ -319,21 +377,24 @@ def _run(model, prompts: list[bytes], cfg: GenerationConfig, max_len, max_step):
         logits = model.decode(torch.cat([nxt[:, None], drafts], 1), cache)  # (B, 1+D, 1+D, V)
         target = filter_logits(logits[:, :, 0], T, cfg.top_k, cfg.top_p)  # (B, 1+D, V)
         acc, nxt = verify(drafts, q, target, T, u_accept, u_sample)
-        cache.rollback(torch.where(was_active, acc + 1, 0))
+        cache.rollback(torch.where(active, acc + 1, 0))
         last = logits[rows, acc]  # (B, 1+D, V) every head at the last kept byte
+        on = active[:, None]
+        drafted += (on & (heads < (acc + 1).clamp(max=D)[:, None])).sum(0)
+        accepted += (on & (heads < acc[:, None])).sum(0)
+        new = torch.cat([drafts, nxt[:, None]], 1).scatter(1, acc[:, None], nxt[:, None])
+        out.emit(new, acc + 1)
+    chunks, _ = flush()
+    if any(chunks):
+        yield chunks
 
-        a = acc.tolist()
-        for r in range(B):
-            if active[r]:
-                for i in range(min(a[r] + 1, D)):
-                    stats.drafted[i] += 1
-                    stats.accepted[i] += int(i < a[r])
-        d, n = drafts.tolist(), nxt.tolist()
-        yield emit([d[r][: a[r]] + [n[r]] for r in range(B)])
-
-    stats.new_bytes = sum(len(o) for o in out)
+    stats.forward_passes, stats.row_forwards = passes, int(row_forwards)
+    stats.drafted, stats.accepted = drafted.tolist(), accepted.tolist()
+    stats.new_bytes = sum(sent)
     stats.seconds = time.perf_counter() - t0
-    return GenerationResult([bytes(o) for o in out], stats, finish)
+    buf = out.buf.tolist()
+    finish = [FINISH[i] for i in out.reason.tolist()]
+    return GenerationResult([bytes(buf[r][: sent[r]]) for r in range(B)], stats, finish)
 
 
 @torch.no_grad()

@@ -59,7 +59,7 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
                 f"bytelm: {op} backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 "
                 "set before triton is imported; use backend='reference' on CPU"
             )
-    if (op, choice) not in _logged and not compiling():  # a log call would break the graph
+    if not compiling() and (op, choice) not in _logged:  # a log call would break the graph
         _logged.add((op, choice))
         logger.info(
             "bytelm: %s uses the %s backend (asked %r, device %s)", op, choice, backend, device

@@ -216,13 +216,21 @@ class ByteLM(nn.Module):
     # ------------------------------------------------------------ incremental
 
     def new_cache(
-        self, batch: int, max_len: int, max_step: int = 64, heads: int | None = None
+        self,
+        batch: int,
+        max_len: int,
+        max_step: int = 64,
+        heads: int | None = None,
+        fixed_shapes: bool = False,
+        compile: bool = False,
     ) -> ByteLMCache:
         """Static caches for `batch` rows of up to `max_len` bytes, fed at most `max_step`
-        bytes per call. Only the first `heads` output heads are computed (default all)."""
+        bytes per call. Only the first `heads` output heads are computed (default all).
+        `fixed_shapes`: decode calls take the fixed-shape step; `compile`: that step compiled
+        (`bytelm.model.decode_compile`; prefill calls stay eager). See `decode`."""
         heads = self.cfg.out_heads.n if heads is None else heads
         assert 1 <= heads <= self.cfg.out_heads.n, f"heads must lie in 1..{self.cfg.out_heads.n}"
-        return ByteLMCache(self, batch, max_len, max_step, heads)
+        return ByteLMCache(self, batch, max_len, max_step, heads, fixed_shapes, compile)
 
     @torch.no_grad()
     def prefill(
@@ -244,11 +252,30 @@ class ByteLM(nn.Module):
         last patch complete by it: a patch closing at byte t (even inside this
         call) is ready before byte t is decoded. `n_valid` (B,) keeps only each
         row's first n_valid bytes (right-padded prompts).
+
+        A cache made with `fixed_shapes` (or `compile`) takes the fixed-shape step: every
+        row steps n latent slots, those past the patches it closes padding, so nothing is
+        read back from the device and every call of n bytes has the same shapes (what
+        `torch.compile` and CUDA graphs need). The default step reads back how many
+        patches close (one host sync) and steps only those, which is faster in eager mode.
         """
+        pos, docs = cache.begin(ids)  # (B, n) absolute positions and documents
+        logits, ends = cache.step_fn(self, prefill=n_valid is not None)(ids, cache, pos, docs)
+        cache.advance(docs, ends)
+        if n_valid is not None:
+            cache.rollback(n_valid)
+        return logits
+
+    def _decode_fixed(self, ids, cache, pos, docs):
+        """The fixed-shape step (what `compile` compiles): see `decode`."""
+        return self._decode_step(ids, cache, pos, docs, fixed=True)
+
+    def _decode_step(self, ids, cache, pos, docs, fixed: bool = False):
+        """One decode call's work on the device -> (logits (B, n, heads, V), ends (B, n))."""
         B, n = ids.shape
         backend = self.cfg.attn_backend
         rows = torch.arange(B, device=ids.device)[:, None]
-        pos, docs = cache.begin(ids)  # (B, n) absolute positions and documents
+        prob = None
         if not self.learned:
             ends = self.patcher.step(cache.patcher_state, ids)  # (B, n) byte t ends its patch
 
@@ -273,38 +300,20 @@ class ByteLM(nn.Module):
         cache.ring_doc[rows, ring] = docs
         cache.ring_h[rows, ring] = h
 
-        # pool: only the patches this call closes (at most n per row) and, when few rows close
-        # one, only those rows. This is the call's one host sync (a CUDA-graph decode would fix
-        # the shapes at (B, n) instead).
+        # pool and latent: only the patches this call closes (at most n per row)
         closes = ends.sum(1)  # (B,)
-        m, b, P = torch.stack([closes.max(), closes.gt(0).sum(), cache.n_patches.max()]).tolist()
-        if m:  # a call that closes no patch skips pool and latent
-            sel = rows[:, 0]  # (B',) the rows stepped: all, or the b that close a patch
-            if b * COMPACT_ROWS <= B:
-                sel = closes.gt(0).byte().argsort(descending=True, stable=True)[:b]
-            real = torch.arange(m, device=ids.device) < closes[sel, None]  # (B', m)
-            p, start, last = self._pool_closed(cache, sel, ends[sel], pos[sel], real)  # (B', m, D)
-
-            # latent: one step per closed patch, all of this call's together; a row closing
-            # fewer than m pads, and padding writes to the dump slot and reads nothing. (Stepping
-            # every new byte, those closing none masked, measured 1.2-1.8x slower per step on
-            # CPU at n = 4..16.) Attention reads only the slots of patches closed so far.
-            lat = cache.lat.prefix(P + m)
-            part = lat if len(sel) == B else lat.take(sel)
-            patch = cache.n_patches[sel, None] + torch.arange(m, device=ids.device)  # (B', m)
-            patch_doc = cache.ring_doc[sel].gather(1, start % cache.ring_size)
-            lslots, spec = part.write(patch, patch_doc, valid=real)
-            z = self.latent.step(self.to_latent(p), part, lslots, spec, backend)  # (B', m, G)
-            if part is not lat:
-                lat.put(sel, part, lslots)
-            z = self.from_latent(self.latent_norm(z))  # (B', m, D)
-            if self.learned:  # the forward's smoothing, continued from the last closed patch
-                prev = cache.lat_out[sel, cache.lat.slot((cache.n_patches[sel] - 1).clamp(min=0))]
-                g = gate(prob[sel].gather(1, last), real)  # (B', m)
-                z = smooth(
-                    torch.cat([prev[:, None], z], 1), torch.cat([torch.ones_like(g[:, :1]), g], 1)
-                )[:, 1:]
-            cache.lat_out[sel[:, None], lslots] = z
+        if fixed:  # every row steps n slots, those past the patches it closes padding
+            self._step_latent(cache, rows[:, 0], n, cache.lat, ends, pos, closes, prob)
+        else:
+            # only the rows that close a patch when few do; the call's one host sync
+            m, b, P = torch.stack(
+                [closes.max(), closes.gt(0).sum(), cache.n_patches.max()]
+            ).tolist()
+            if m:  # a call that closes no patch skips pool and latent
+                sel = rows[:, 0]  # (B',) the rows stepped: all, or the b that close a patch
+                if b * COMPACT_ROWS <= B:
+                    sel = closes.gt(0).byte().argsort(descending=True, stable=True)[:b]
+                self._step_latent(cache, sel, m, cache.lat.prefix(P + m), ends, pos, closes, prob)
 
         # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
         ctx = cache.n_patches[:, None] + ends.long().cumsum(1) - 1  # (B, n) last closed patch
@@ -320,11 +329,37 @@ class ByteLM(nn.Module):
         # heads: a block head j's layer is cache layer n_layers + j
         L = self.cfg.decoder.n_layers
         y = self.heads.step(d, spec, cache.dec, L, slots, backend, rot, cache.heads)
-        logits = self.unembed(self.norm(y))  # (B, n, heads, V)
-        cache.advance(docs, ends)
-        if n_valid is not None:
-            cache.rollback(n_valid)
-        return logits
+        return self.unembed(self.norm(y)), ends  # (B, n, heads, V), (B, n)
+
+    def _step_latent(self, cache, sel, m, lat, ends, pos, closes, prob):
+        """Pool the patches that rows sel (B',) close in this call and step them through the
+        latent, m slots per row: a row closing fewer than m pads, and padding writes to the
+        dump slot and reads nothing. `lat`: the latent cache, or a prefix of it that holds
+        every patch closed so far. (Stepping every new byte, those closing none masked,
+        measured 1.2-1.8x slower per step on CPU at n = 4..16.)"""
+        B = ends.shape[0]
+        every = sel.shape[0] == B  # all rows, in order: no row is gathered
+        ar = torch.arange(m, device=ends.device)
+        real = ar < (closes if every else closes[sel])[:, None]  # (B', m)
+        e, ps = (ends, pos) if every else (ends[sel], pos[sel])
+        p, start, last = self._pool_closed(cache, sel, e, ps, real)  # (B', m, D)
+        part = lat if every else lat.take(sel)
+        n_patches = cache.n_patches if every else cache.n_patches[sel]
+        patch = n_patches[:, None] + ar  # (B', m)
+        ring_doc = cache.ring_doc if every else cache.ring_doc[sel]
+        patch_doc = ring_doc.gather(1, start % cache.ring_size)
+        lslots, spec = part.write(patch, patch_doc, valid=real)
+        z = self.latent.step(self.to_latent(p), part, lslots, spec, self.cfg.attn_backend)
+        if part is not lat:
+            lat.put(sel, part, lslots)
+        z = self.from_latent(self.latent_norm(z))  # (B', m, D)
+        if prob is not None:  # the forward's smoothing, continued from the last closed patch
+            prev = cache.lat_out[sel, cache.lat.slot((n_patches - 1).clamp(min=0))]
+            g = gate((prob if every else prob[sel]).gather(1, last), real)  # (B', m)
+            z = smooth(
+                torch.cat([prev[:, None], z], 1), torch.cat([torch.ones_like(g[:, :1]), g], 1)
+            )[:, 1:]
+        cache.lat_out[sel[:, None], lslots] = z
 
     def _pool_closed(self, cache, rows, ends, pos, real):
         """The patches closed in cache rows `rows` (B',) by bytes with ends/pos (B', n), gathered

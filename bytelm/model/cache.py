@@ -35,13 +35,20 @@ from bytelm.vocab import BOS
 
 
 class _StepMask(MaskSpec):
-    """The mask of one cached step, shared by every layer of a stack: its dense form is
-    built once (the reference attention asks each layer for it)."""
+    """The mask of one cached step, shared by every layer of a stack: its dense form (what
+    the reference attention asks each layer for) and what a fast backend derives from it (a
+    flex block mask, kept in `derived`, see `attention._memo`) are built once per call."""
+
+    @property
+    def derived(self) -> dict:
+        if "_derived" not in self.__dict__:
+            self._derived = {}
+        return self._derived
 
     def allowed(self) -> torch.Tensor:
-        if getattr(self, "_allowed", None) is None:
-            self._allowed = super().allowed()
-        return self._allowed
+        if "allowed" not in self.derived:
+            self.derived["allowed"] = super().allowed()
+        return self.derived["allowed"]
 
 
 @dataclass
@@ -148,9 +155,11 @@ class KVCache:
 # ----------------------------------------------------------------- patcher state
 
 
-def snapshot_state(state):
-    """A copy of a patcher state that later steps of the original cannot change."""
-    return state.clone()
+def snapshot_state(state, functional: bool = False):
+    """A copy of a patcher state that later steps of the original cannot change. For a
+    patcher with `functional_state` (its steps replace the state's tensors, never edit them),
+    a shallow copy: no tensor is copied."""
+    return dataclasses.replace(state, extra=dict(state.extra)) if functional else state.clone()
 
 
 def replay_patcher(
@@ -158,7 +167,7 @@ def replay_patcher(
 ):
     """The patcher state after feeding row r only its first keep[r] bytes of ids (B, n).
     `states` (B, 1 + n, D): the encoder states a learned source reads (see its `step`)."""
-    state = snapshot_state(start)
+    state = snapshot_state(start, getattr(patcher, "functional_state", False))
     kw = {} if states is None else {"states": states}
     patcher.step(state, ids, n_valid=keep, **kw)  # every boundary source takes a ragged block
     return state
@@ -199,7 +208,7 @@ class _Pointers:
             raise ValueError(
                 f"bytelm: {n} new bytes in one call exceed the cache's max_step ({self.max_step})"
             )
-        if self.hi + n > self.max_len:
+        if not self._fits(n):
             raise ValueError(
                 f"bytelm: {self.hi + n} bytes exceed the cache's max_len ({self.max_len}); "
                 "make a cache with a larger max_len or shorten the prompt"
@@ -208,6 +217,13 @@ class _Pointers:
         docs = self.doc[:, None] + (ids == BOS).long().cumsum(1)  # (B, n)
         self.last = _CallRecord(self.length, self.doc, self.hi, ids, docs)
         return pos, docs
+
+    def _fits(self, n: int) -> bool:
+        """Do n more bytes fit? `hi` bounds the longest row from above without reading the
+        device; only when the bound says no is the exact length read back (one sync)."""
+        if self.hi + n > self.max_len and self.length.numel():
+            self.hi = int(self.length.max())
+        return self.hi + n <= self.max_len
 
     def _advance(self, docs: torch.Tensor) -> None:
         self.length = self.length + docs.shape[1]
@@ -222,7 +238,7 @@ class _Pointers:
         self.length = r.length + keep
         at = r.docs.gather(1, (keep - 1).clamp(min=0)[:, None])[:, 0]
         self.doc = torch.where(keep > 0, at, r.doc)
-        self.hi = int(self.length.max()) if self.length.numel() else 0
+        self.hi = r.hi + n  # an upper bound, kept without a device sync (`_fits` tightens it)
         return r
 
 
@@ -272,7 +288,16 @@ class ByteLMCache(_Pointers):
     and for pooling the open patch when it closes.
     """
 
-    def __init__(self, model, batch: int, max_len: int, max_step: int, heads: int):
+    def __init__(
+        self,
+        model,
+        batch: int,
+        max_len: int,
+        max_step: int,
+        heads: int,
+        fixed_shapes: bool = False,
+        compile: bool = False,
+    ):
         cfg, dev = model.cfg, model.unembed.weight.device
         dtype = model.unembed.weight.dtype
         D = cfg.encoder.dim
@@ -300,6 +325,26 @@ class ByteLMCache(_Pointers):
             batch, max_len, max_step, dtype, dev,
         )  # fmt: skip
         self.patcher_state = self.patcher.start(batch, dev)
+        self.functional_state = getattr(self.patcher, "functional_state", False)
+        if compile and not self.functional_state:
+            raise ValueError(
+                f"bytelm: a compiled decode needs a patcher whose state is tensors only; the "
+                f"{self.patcher.name!r} patcher's is not (decode it without compile)"
+            )
+        self.fixed_shapes, self.compile = fixed_shapes or compile, compile
+        if compile:
+            from bytelm.model.decode_compile import prepare_cache
+
+            prepare_cache(self)
+
+    def step_fn(self, model, prefill: bool = False):
+        """The decode step this cache's calls take: compiled (not for prefill calls, whose
+        width varies), fixed-shape, or the default data-dependent one (`ByteLM.decode`)."""
+        if self.compile and not prefill:
+            from bytelm.model.decode_compile import run_compiled
+
+            return lambda *a: run_compiled(model, *a)
+        return model._decode_fixed if self.fixed_shapes else model._decode_step
 
     @property
     def ring_size(self) -> int:
@@ -308,7 +353,7 @@ class ByteLMCache(_Pointers):
     def begin(self, ids: torch.Tensor):
         pos, docs = self._begin(ids)
         self.last.n_patches, self.last.patch_start = self.n_patches, self.patch_start
-        self.last.patcher_state = snapshot_state(self.patcher_state)
+        self.last.patcher_state = snapshot_state(self.patcher_state, self.functional_state)
         return pos, docs
 
     def advance(self, docs: torch.Tensor, ends: torch.Tensor) -> None:
@@ -336,7 +381,9 @@ class ByteLMCache(_Pointers):
         self.n_patches, self.patch_start = _after(
             r.length, r.n_patches, r.patch_start, r.ends & kept
         )
-        if int(keep.min()) < n:  # otherwise the live state already is the kept one
+        # a functional state is replayed always (a few tensor ops, no host sync); another
+        # (the entropy model's) only when some row dropped bytes
+        if self.functional_state or int(keep.min()) < n:
             states = None
             if getattr(self.patcher, "needs_states", False):
                 at = r.length[:, None] - 1 + torch.arange(n + 1, device=keep.device)  # (B, 1 + n)
@@ -401,7 +448,7 @@ def prefill(decode, ids: torch.Tensor, cache, lengths: torch.Tensor | None = Non
     B, T = ids.shape
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.long, device=ids.device)
-    if T > cache.max_len - cache.hi:
+    if not cache._fits(T):
         raise ValueError(
             f"bytelm: the prompt ({T} bytes with BOS) does not fit the cache "
             f"(max_len {cache.max_len}); make a cache with a larger max_len or shorten the prompt"

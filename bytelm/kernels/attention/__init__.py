@@ -73,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"bytelm: attention backend 'xformers' needs CUDA tensors, got {device.type}; "
                 "use backend='sdpa' (or 'auto') there"
             )
-    if choice not in _logged and not compiling():  # a log call would break the graph
+    if not compiling() and choice not in _logged:  # a log call would break the graph
         _logged.add(choice)
         logger.info(
             "bytelm: attention uses the %s backend (asked %r, device %s)", choice, backend, device

@@ -26,7 +26,16 @@ _entries: OrderedDict[tuple, tuple[tuple[weakref.ref, ...], Any]] = OrderedDict(
 
 
 def memo(tag: str, spec: MaskSpec, build: Callable[[], Any]) -> Any:
-    """`build()`, or the object built earlier for the same tag and the same spec tensors."""
+    """`build()`, or the object built earlier for the same tag and the same spec tensors.
+
+    A spec that carries its own store (`derived`, a dict: the mask of one cached decode step,
+    shared by every layer of a stack) keeps what is built from it there, also inside a
+    `torch.compile` trace: built once per spec, whatever the number of layers."""
+    own = getattr(spec, "derived", None)
+    if own is not None:
+        if tag not in own:
+            own[tag] = build()
+        return own[tag]
     tensors = (spec.q_seg, spec.k_seg, spec.q_pos, spec.k_pos)
     if torch.compiler.is_compiling() or any(t.is_inference() for t in tensors):
         return build()
