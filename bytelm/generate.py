@@ -252,7 +252,8 @@ def _draft_count(model, cfg: GenerationConfig) -> int:
 # passes: the passes in between run without waiting for the device, and at most
 # SYNC_EVERY - 1 passes run after the last row finished.
 SYNC_EVERY = 16
-FINISH = ("length", "eos", "stop")  # a row's finish reason, as its index on the device
+FINISH = ("length", "eos", "stop")
+COMPILE_BUCKET = 256  # with compile, the caches' default max_len rounds up to a multiple  # a row's finish reason, as its index on the device
 
 
 class _Rows:
@@ -320,7 +321,10 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
             f"bytelm: the prompt is {max(lengths) - 1} bytes but the cache holds {max_len} "
             f"(with BOS); raise max_len or shorten the prompt"
         )
-    kw = {"compile": True} if compile else {}  # a ByteTransformer's cache has no such option
+    kw = {}
+    if compile:  # a ByteTransformer's cache has no such option
+        # the compiled step's shapes include the cache size: a bucket lets calls share graphs
+        kw, need = {"compile": True}, -(-need // COMPILE_BUCKET) * COMPILE_BUCKET
     cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=1 + D, **kw)
     ids = torch.full((B, max(lengths)), PAD, dtype=torch.long, device=dev)
     for r, p in enumerate(prompts):

@@ -26,7 +26,7 @@ def cmd_generate(args, overrides) -> int:
     cfg = GenerationConfig(**{k: v for k, v in given.items() if v is not None})
     prompt = sys.stdin.buffer.read() if args.prompt == "-" else args.prompt.encode("utf-8")
     model, _ = load_model(args.checkpoint, args.device)
-    stream = generate(model, prompt, **vars(cfg), stream=True)
+    stream = generate(model, prompt, **vars(cfg), stream=True, compile=args.compile)
     out = sys.stdout.buffer
     for chunk in stream:
         out.write(chunk)
@@ -73,3 +73,9 @@ def add_parsers(sub) -> None:
         help="stop after this string (backslash escapes such as \\n work); repeatable",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step (torch.compile; CUDA graphs on CUDA): pays on long "
+        "generations; a rule or learned patcher only",
+    )

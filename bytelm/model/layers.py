@@ -43,18 +43,21 @@ def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
 
 
 def rope_angles(pos: torch.Tensor, head_dim: int, theta: float):
-    """pos (B, T) -> (cos, sin), each (B, 1, T, Dh/2): what `rope` computes, for reuse
-    by every layer of an incremental step."""
+    """pos (B, T) -> (cos, sin), each (B, 1, T, Dh): what `rope` computes, for reuse by
+    every layer of an incremental step, laid out for `apply_rope`: cos repeated over both
+    halves, sin negated on the first (x * cos + swap(x) * sin is then `rope`, bit for bit)."""
     inv = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     )
     ang = pos.to(torch.float32)[:, None, :, None] * inv  # (B, 1, T, Dh/2)
-    return ang.cos(), ang.sin()
+    cos, sin = ang.cos(), ang.sin()
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., B, H, T, Dh) by `rope_angles`: one pass for queries and keys stacked."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    return (x.float() * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -101,7 +104,7 @@ class Attention(nn.Module):
         if self.rope_theta is not None:
             # keys are stored rotated, at their own positions (the query positions)
             cos, sin = rot or rope_angles(spec.q_pos, self.head_dim, self.rope_theta)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(torch.stack([q, k]), cos, sin).unbind(0)
         rows = torch.arange(x.shape[0], device=x.device)[:, None]
         k_cache[rows, :, slots] = rearrange(k, "b h n d -> b n h d").to(k_cache.dtype)
         v_cache[rows, :, slots] = rearrange(v, "b h n d -> b n h d").to(v_cache.dtype)

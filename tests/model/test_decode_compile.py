@@ -141,8 +141,9 @@ def compiled_model():
 def test_compiled_decode_equals_eager(compiled_model):
     model = compiled_model
     ids = text(T=40)
-    eager = model.new_cache(2, max_len=48, max_step=8)
-    comp = model.new_cache(2, max_len=48, max_step=8, compile=True)
+    # generate's cache for 2 rows, 2 drafts: its speculative calls reuse this test's graph
+    eager = model.new_cache(2, max_len=256, max_step=64)
+    comp = model.new_cache(2, max_len=256, max_step=64, compile=True)
     model.prefill(ids[:, :10], eager)
     model.prefill(ids[:, :10], comp)
     for t in range(10, 22):  # byte by byte: patches close in some calls, in one row or both
@@ -167,3 +168,12 @@ def test_compiled_speculative_greedy_equals_plain(compiled_model):
         s = generate(model, prompts, 40, 0.0, speculative=True, draft_heads=2, compile=compile)
         assert p.bytes == plain.bytes and s.bytes == plain.bytes, f"compile={compile}"
         assert s.stats.forward_passes < p.stats.forward_passes
+
+
+def test_compile_needs_a_patcher_state_of_tensors(request):
+    from tests.model.test_cache import make_model
+
+    model = make_model("entropy", request=request)  # its state holds the entropy model's cache
+    with pytest.raises(ValueError, match="^bytelm: a compiled decode needs a patcher"):
+        model.new_cache(1, 32, compile=True)
+    model.new_cache(1, 32, fixed_shapes=True)  # the fixed-shape step itself takes any patcher

@@ -46,9 +46,21 @@ def attention_reference(
     A query with no readable key (an empty patch slot) gets a zero output rather
     than SDPA's NaN.
     """
+    own = getattr(spec, "derived", None)  # a cached step's mask: built once for every layer
+    if own is None:
+        safe, has_any = _sdpa_mask(spec)
+    else:
+        if "sdpa" not in own:
+            own["sdpa"] = _sdpa_mask(spec)
+        safe, has_any = own["sdpa"]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale)
+    return out * has_any.to(out.dtype)
+
+
+def _sdpa_mask(spec: MaskSpec):
+    """-> the SDPA mask (B, 1, Tq, Tk) and which queries read any key (B, 1, Tq, 1)."""
     allowed = spec.allowed()  # (B, Tq, Tk)
     has_any = allowed.any(-1)  # (B, Tq)
     # give key-less queries one dummy key so softmax is finite; zero them after
     safe = allowed | ~has_any[:, :, None]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe[:, None], scale=scale)
-    return out * has_any[:, None, :, None].to(out.dtype)
+    return safe[:, None], has_any[:, None, :, None]
