@@ -35,7 +35,9 @@ def tiny_bytelm_config(patcher="fixed", pooling="mean", heads=3, k=3, window=8) 
         encoder=local,
         latent=TransformerConfig(dim=48, n_layers=2, attn_heads=2),
         decoder=local,
-        out_heads=OutputHeadsConfig(n=heads),
+        # block heads: random ones differ from head 1 from the start, which the speculative
+        # tests need; tests/model/test_heads.py covers every kind
+        out_heads=OutputHeadsConfig(n=heads, kind="block", draft_grad=True),
         patcher=PatcherConfig(name=patcher, k=k, max_patch_len=6),
         pooling=pooling,
     )

@@ -57,7 +57,11 @@ def test_tiny_bytelm_overfits_a_fixed_batch():
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert out.loss.item() < 0.05, f"loss {out.loss.item():.3f} did not approach zero"
+    # head 1 memorises the batch; the draft head (a residual MLP on detached states by
+    # default) learns far less, but learns
+    h1, h2 = out.per_head.tolist()
+    assert h1 < 0.05, f"head 1 loss {h1:.3f} did not approach zero"
+    assert h2 < 1.0, f"draft head loss {h2:.3f} barely moved from ln 259 = 5.56"
     # every parameter received a gradient (no dead stage)
     dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     dead = [n for n in dead if "ngram" not in n]  # unused hash buckets legitimately get no gradient
