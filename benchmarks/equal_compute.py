@@ -320,6 +320,9 @@ def report() -> None:
             "steps": r["steps"], "params (non-emb)": r["params_non_embedding"],
         })  # fmt: skip
     summary = summarize(rows)
+    import torch
+
+    torch.set_num_threads(1)  # what each run used
     md = (
         "# Equal compute: flat byte transformers against ByteLMs\n\n"
         f"Machine: {machine()}; each run one torch thread, two runs side by side.\n\n"
@@ -341,28 +344,41 @@ def report() -> None:
 
 
 def summarize(rows: list[dict]) -> list[str]:
-    """Per corpus and budget: the best of each family and patcher, and the margins."""
+    """Per corpus and budget: the best of each family (a run's bpb is its mean over seeds),
+    the margins over the best flat model, the seed spreads, and the patchers on lm-1h."""
     out = []
     for corpus in sorted({r["corpus"] for r in rows}):
         for b in sorted({r["budget_cpu_min"] for r in rows if r["corpus"] == corpus}):
             rs = [r for r in rows if r["corpus"] == corpus and r["budget_cpu_min"] == b]
-            best = {}
+            seeds: dict[str, list[float]] = {}
             for r in rs:
-                f = family(r["name"])
-                best[f] = min(best.get(f, math.inf), r["bpb"])
+                seeds.setdefault(r["name"], []).append(r["bpb"])
+            mean = {n: sum(v) / len(v) for n, v in seeds.items()}
+            best: dict[str, tuple[float, str]] = {}
+            for n, v in mean.items():
+                f = family(n)
+                best[f] = min(best.get(f, (math.inf, "")), (v, n))
             line = f"- **{corpus}, {b:g} CPU-min**: " + ", ".join(
-                f"best {f} {v:.3f}" for f, v in sorted(best.items())
+                f"best {f} {v:.3f} ({n})" for f, (v, n) in sorted(best.items())
             )
             if "flat" in best:
                 for f in ("bytelm, 1 head", "bytelm, 4 heads"):
                     if f in best:
-                        line += f"; {f} ahead of flat by {best['flat'] - best[f]:+.3f}"
-            seeds = {}
-            for r in rs:
-                seeds.setdefault(r["name"], []).append(r["bpb"])
+                        line += f"; {f} ahead of flat by {best['flat'][0] - best[f][0]:+.3f}"
             spread = {n: max(v) - min(v) for n, v in seeds.items() if len(v) > 1}
             if spread:
-                line += "; seed spread " + ", ".join(f"{n} {s:.3f}" for n, s in spread.items())
+                line += "; seed spread (max - min) " + ", ".join(
+                    f"{n} {s:.3f}" for n, s in spread.items()
+                )
+            pat = [("fixed:4", "lm-1h")] + [
+                (p, f"lm-1h-{p}") for p in ("space", "entropy", "learned")
+            ]
+            have = [(p, n) for p, n in pat if n in mean]
+            if len(have) > 1:
+                rate = {r["name"]: r["bytes_per_patch"] for r in rs}
+                line += "; patchers on lm-1h: " + ", ".join(
+                    f"{p} {mean[n]:.3f} ({rate[n]:.2f} B/patch)" for p, n in have
+                )
             out.append(line)
     return out
 
