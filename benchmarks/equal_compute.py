@@ -352,6 +352,11 @@ NOTES = """Read with care:
   and on a shared machine (load 6-9 on 2 cores for most of these runs) that probe moved
   by up to 25% between two seeds of one config (lm-1h-96 on stdlib: 349 and 277 steps,
   2.169 and 2.274 bpb). Compare the steps column with the bpb.
+- Equal CPU time is not equal FLOPs: a ByteLM does 1.5-2x the training FLOPs of a flat
+  model per CPU-second here (wider matmuls in its latent run faster per FLOP on CPU). At
+  equal FLOPs the measured points do not show ByteLM ahead on stdlib: flat 64 x 4 reaches
+  2.29-2.31 at 5.6e12 FLOPs, the one-head ByteLMs 2.17-2.27 only at 8-10e12 (see the
+  plot). A FLOP-matched run pair is still to do.
 - The entropy model is trained once per corpus outside any budget (the `entropy` preset);
   the entropy runs' CPU time includes computing the entropies of the windows they read.
 - The learned runs pay for more patches early in training (the router starts near 2.5
