@@ -67,7 +67,7 @@ def compression_table(trainer, max_bytes: int = CALIBRATION_BYTES) -> str:
 
 # The flat baseline the demo trains for the same CPU time as its ByteLM: the best flat size in
 # benchmarks/results/equal_compute.md at this budget.
-FLAT = {"dim": 128, "n_layers": 4, "attn_heads": 4}
+FLAT = {"dim": 96, "n_layers": 3, "attn_heads": 4}
 
 
 def flat_config(cfg: RunConfig, steps: int) -> RunConfig:
@@ -90,7 +90,7 @@ def cpu_per_step(cfg: RunConfig) -> float:
     """CPU seconds of one training step of `cfg`, from 3 steps after a warm-up one."""
     from bytelm.train import Trainer
 
-    probe = Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, prefetch=False)))
+    probe = Trainer(cfg)  # prefetch as in the run: its thread's CPU counts too
     probe.train_step()
     c0 = time.process_time()
     for _ in range(3):
