@@ -354,9 +354,9 @@ NOTES = """Read with care:
   2.169 and 2.274 bpb). Compare the steps column with the bpb.
 - Equal CPU time is not equal FLOPs: a ByteLM does 1.5-2x the training FLOPs of a flat
   model per CPU-second here (wider matmuls in its latent run faster per FLOP on CPU). At
-  equal FLOPs the measured points do not show ByteLM ahead on stdlib: flat 64 x 4 reaches
-  2.29-2.31 at 5.6e12 FLOPs, the one-head ByteLMs 2.17-2.27 only at 8-10e12 (see the
-  plot). A FLOP-matched run pair is still to do.
+  equal FLOPs the flat model is ahead on stdlib, by a wide margin: given 7 CPU-minutes,
+  flat 64 x 4 spends 1.2e13 training FLOPs and reaches 2.002 bpb (96 x 3: 1.56e13, 1.977),
+  where the one-head ByteLMs reach 2.17-2.27 with 0.8-1.04e13 FLOPs (see the plot).
 - The entropy model is trained once per corpus outside any budget (the `entropy` preset);
   the entropy runs' CPU time includes computing the entropies of the windows they read.
 - The learned runs pay for more patches early in training (the router starts near 2.5
