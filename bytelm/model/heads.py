@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from bytelm.config import OutputHeadsConfig, TransformerConfig
 from bytelm.kernels.attention import MaskSpec
@@ -104,7 +105,5 @@ def logits(y: torch.Tensor, norm: RMSNorm, unembed: nn.Linear, draft_grad: bool 
     if draft_grad or y.shape[2] == 1:
         return unembed(norm(y))
     first = unembed(norm(y[:, :, :1]))
-    x = y[:, :, 1:].float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
-    x = (x * norm.weight.detach().float()).to(y.dtype)
+    x = functional_call(norm, {"weight": norm.weight.detach()}, (y[:, :, 1:],))
     return torch.cat([first, F.linear(x, unembed.weight.detach())], dim=2)
