@@ -157,6 +157,7 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from bytelm import config as C
+    from bytelm.demo import cpu_per_step
     from bytelm.evals.flops import flops_per_byte
     from bytelm.patchers import ends_to_lengths
     from bytelm.train import Trainer
@@ -175,13 +176,7 @@ def run_one(job: dict) -> dict:
     # the step cost, from a throwaway trainer's 3 steps after one warm-up
     probe_cfg = C.override(cfg, {"train.steps": "1000", "train.eval_every": "100000",
                                  "train.save_every": "100000", "train.prefetch": "false"})  # fmt: skip
-    probe = Trainer(probe_cfg)
-    probe.train_step()
-    c0 = time.process_time()
-    for _ in range(3):
-        probe.train_step()
-    step_s = (time.process_time() - c0) / 3
-    del probe
+    step_s = cpu_per_step(probe_cfg)
     steps = max(20, int(job["budget"] * 60 / step_s))
     cfg = C.override(cfg, {"train.steps": str(steps), "train.eval_every": str(steps),
                            "train.save_every": str(steps), "train.prefetch": "false"})  # fmt: skip
