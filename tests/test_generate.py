@@ -10,6 +10,7 @@
 """
 
 import dataclasses
+import functools
 import io
 import sys
 
@@ -128,6 +129,13 @@ def verify_resampling_from_p(drafts, q, logits, temperature, u_accept, u_sample,
     return accepted, sample_inverse_cdf(p[torch.arange(B), accepted], u_sample)
 
 
+def sampled_chi2(model, prompt, probs, N, n, T, K, **kw):
+    """N rows of n bytes sampled from `prompt` (temperature T, top-k K) -> (the chi-square
+    statistic against the exact distribution `probs`, the generation stats)."""
+    r = generate(model, [prompt] * N, n, T, top_k=K, seed=1, max_step=8, **kw)
+    return chi_square(r.bytes, probs, n), r.stats
+
+
 def test_speculative_sampling_has_the_distribution_of_plain_sampling(monkeypatch):
     """3 bytes, top-3 at temperature 1: 27 outcomes. N samples in one batch; the
     chi-square statistic against the exact distribution must stay under its
@@ -139,9 +147,7 @@ def test_speculative_sampling_has_the_distribution_of_plain_sampling(monkeypatch
     assert len(probs) == 27 and min(probs.values()) * N > 20, "every cell needs a real count"
     threshold = chi2.ppf(0.999, len(probs) - 1)
 
-    def run(**kw):
-        r = generate(model, [prompt] * N, n, T, top_k=K, seed=1, max_step=8, **kw)
-        return chi_square(r.bytes, probs, n), r.stats
+    run = functools.partial(sampled_chi2, model, prompt, probs, N, n, T, K)
 
     plain, _ = run()
     spec, stats = run(speculative=True)

@@ -9,16 +9,17 @@ route on their own) against plain and speculative sampling, by chi-square; a ver
 that resamples from p instead of the residual must fail it.
 """
 
+import functools
+
 import torch
 from scipy.stats import chi2
 
 import bytelm.kernels.verify as verify_mod
-from bytelm.generate import generate
 from bytelm.vocab import BOS
 from tests.model.test_learned import _threshold_in_gap
 from tests.test_generate import (
-    chi_square,
     exact_distribution,
+    sampled_chi2,
     tiny_model,
     verify_resampling_from_p,
 )
@@ -57,9 +58,7 @@ def test_speculative_sampling_with_learned_patching_is_lossless(monkeypatch):
 
     threshold = chi2.ppf(0.999, len(probs) - 1)
 
-    def run(**kw):
-        r = generate(model, [prompt] * N, n, T, top_k=K, seed=1, max_step=8, **kw)
-        return chi_square(r.bytes, probs, n), r.stats
+    run = functools.partial(sampled_chi2, model, prompt, probs, N, n, T, K)
 
     plain, _ = run()
     spec, stats = run(speculative=True)
