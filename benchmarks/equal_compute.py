@@ -30,7 +30,9 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-4mlp-eq the same, equal loss weights
     lm-4block  lm-1h with 4 heads that are each a transformer block (the design before
                out_heads.kind existed), equal weights
+    lm-8det-96 lm-4det-96 with 8 heads (the drafting benchmark's model: `benchmarks.drafting`)
     lm-1h-space / -entropy / -learned   lm-1h with another patcher at about 4 bytes/patch
+    lm-1h-k8 / -entropy8 / -learned8    lm-1h at 8 bytes/patch: fixed:8, entropy, learned
 
 Results append to benchmarks/results/equal_compute_runs.jsonl (a rerun skips what is
 there); `--report` writes equal_compute.{md,csv,png}.
@@ -76,6 +78,7 @@ FAMILIES = {
     "lm-1h-64": {**LM, **FIXED4, **LM64},
     "lm-4mlp-64": {**LM, **FIXED4, **LM64, **MLP4},
     "lm-4det-96": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DET4},
+    "lm-8det-96": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DET4, "model.out_heads.n": "8"},
     "lm-1h-L384": {**LM, **FIXED4, "model.latent.dim": "384", "model.latent.attn_heads": "6"},
     "lm-4mlp": {**LM, **FIXED4, **MLP4},
     "lm-4mlp-eq": {**LM, **FIXED4, "model.out_heads.n": "4"},
@@ -83,6 +86,9 @@ FAMILIES = {
     "lm-1h-space": {**LM, "model.patcher.name": "space"},
     "lm-1h-entropy": {**LM, "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "4"},
     "lm-1h-learned": {**LM, "model.patcher.name": "learned", "model.patcher.target_bytes_per_patch": "4"},
+    "lm-1h-k8": {**LM, "model.patcher.name": "fixed", "model.patcher.k": "8"},
+    "lm-1h-entropy8": {**LM, "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "8"},
+    "lm-1h-learned8": {**LM, "model.patcher.name": "learned", "model.patcher.target_bytes_per_patch": "8"},
 }  # fmt: skip
 SMALL_BUDGET = [
     "flat-96x3",
@@ -164,7 +170,7 @@ def run_one(job: dict) -> dict:
     from bytelm.vocab import PAD
 
     over = {**COMMON, **job["data"], **FAMILIES[job["name"]], "train.seed": str(job["seed"])}
-    if job["name"].endswith("entropy"):
+    if "entropy" in job["name"]:
         over["model.patcher.entropy_model"] = job["entropy_model"]
     out = Path(job["runs"]) / f"{job['name']}-b{job['budget']}-s{job['seed']}"
     over.update({"train.out_dir": str(out), "train.eval_bytes": str(job["eval_bytes"])})
@@ -176,7 +182,7 @@ def run_one(job: dict) -> dict:
     # the step cost, from a throwaway trainer's 3 steps after one warm-up
     probe_cfg = C.override(cfg, {"train.steps": "1000", "train.eval_every": "100000",
                                  "train.save_every": "100000", "train.prefetch": "false"})  # fmt: skip
-    step_s = cpu_per_step(probe_cfg)
+    step_s = cpu_per_step(probe_cfg, n=3 if job["budget"] < 10 else 8)
     steps = max(20, int(job["budget"] * 60 / step_s))
     cfg = C.override(cfg, {"train.steps": str(steps), "train.eval_every": str(steps),
                            "train.save_every": str(steps), "train.prefetch": "false"})  # fmt: skip
@@ -270,7 +276,7 @@ def main(argv=None):
                 jobs.append({"corpus": name, "name": fam, "budget": b, "seed": seed,
                              "data": data_overrides(args), "runs": str(runs),
                              "eval_bytes": args.eval_bytes})  # fmt: skip
-    if any(j["name"].endswith("entropy") for j in jobs):
+    if any("entropy" in j["name"] for j in jobs):
         ent = entropy_model(args, runs)
         for j in jobs:
             j["entropy_model"] = ent

@@ -86,16 +86,16 @@ def flat_config(cfg: RunConfig, steps: int) -> RunConfig:
     )
 
 
-def cpu_per_step(cfg: RunConfig) -> float:
-    """CPU seconds of one training step of `cfg`, from 3 steps after a warm-up one."""
+def cpu_per_step(cfg: RunConfig, n: int = 3) -> float:
+    """CPU seconds of one training step of `cfg`, from `n` steps after a warm-up one."""
     from bytelm.train import Trainer
 
     probe = Trainer(cfg)  # prefetch as in the run: its thread's CPU counts too
     probe.train_step()
     c0 = time.process_time()
-    for _ in range(3):
+    for _ in range(n):
         probe.train_step()
-    return (time.process_time() - c0) / 3
+    return (time.process_time() - c0) / n
 
 
 def curve(trainer) -> list[tuple[float, float]]:
