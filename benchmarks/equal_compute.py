@@ -129,15 +129,16 @@ def entropy_model(args, runs: Path) -> str:
 
 
 def teacher_forced(model, split, seq_len: int, max_bytes: int) -> dict:
-    """Bytes per forward pass of greedy self-speculative decoding along the true text, and
-    each head's greedy accuracy."""
+    """Bytes per forward pass of greedy self-speculative decoding along the true text (with
+    every draft head, and `tf_by_drafts[D]` with the first D), and each head's greedy
+    accuracy."""
     import torch
 
     from bytelm.model.layers import doc_ids
     from bytelm.model.loss import target_mask
 
-    total = n = 0
-    hits = None
+    total = hits = None
+    n = 0
     with torch.no_grad():
         for ids in split.eval_batches(seq_len, 16, max_bytes=max_bytes):
             pred = model(ids).argmax(-1)  # (B, T, K)
@@ -149,12 +150,16 @@ def teacher_forced(model, split, seq_len: int, max_bytes: int) -> dict:
                 ok.append(good[:, : T - K])
             ok = torch.stack(ok, -1)  # (B, T - K, K)
             valid = target_mask(ids, docs, K)[:, : T - K] & target_mask(ids, docs, 1)[:, : T - K]
-            drafts = ok[..., 1:].long().cumprod(-1).sum(-1)  # leading correct drafts
-            total += int((1 + drafts)[valid].sum())
+            lead = ok[..., 1:].long().cumprod(-1)  # (B, T - K, K - 1) draft i and all before
+            by = torch.cat([lead.new_ones(*lead.shape[:2], 1), lead], -1).cumsum(-1)
+            t = by[valid].sum(0)  # bytes per forward with 0, 1, .., K - 1 drafts, summed
+            total = t if total is None else total + t
             n += int(valid.sum())
             h = ok[valid].sum(0)
             hits = h if hits is None else hits + h
-    return {"tf_bytes_per_forward": total / max(n, 1), "head_acc": [int(x) / n for x in hits]}
+    by_drafts = [int(x) / max(n, 1) for x in total]
+    return {"tf_bytes_per_forward": by_drafts[-1], "tf_by_drafts": by_drafts,
+            "head_acc": [int(x) / n for x in hits]}  # fmt: skip
 
 
 def run_one(job: dict) -> dict:
