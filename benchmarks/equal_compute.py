@@ -3,12 +3,15 @@
     python -m benchmarks.equal_compute --data stdlib --budgets 1.5,4
     python -m benchmarks.equal_compute --data ../shared/data/tinyshakespeare.txt --split tail
     python -m benchmarks.equal_compute --data stdlib --seeds 1 --only flat-128x4,lm-1h   # 2nd seed
+    python -m benchmarks.equal_compute --data stdlib --flops 12 --only flat-96x3,lm-lean-k6
     python -m benchmarks.equal_compute --report        # tables and plot from what has run
 
 Every run gets a budget in CPU-minutes of one thread (`time.process_time`, one torch thread
-per run, so runs side by side on a 2-core machine each get their own core). A run's step
-count comes from the measured CPU cost of a few probe steps, and its cosine schedule runs to
-it; the run then records the CPU time it really took and its training FLOPs (analytic,
+per run, so runs side by side on a 2-core machine each get their own core) or, with
+`--flops`, in training TFLOPs. A CPU budget's step count comes from the measured CPU cost of
+a few probe steps; a FLOP budget's from the analytic training FLOPs per byte at the
+patcher's nominal bytes per patch (k, or the target), with no probe and no noise. The
+cosine schedule runs to that step count; the run then records the CPU time it really took and its training FLOPs (analytic,
 `bytelm.evals.flops`, at the bytes per patch it reached on held-out text; a frozen entropy
 model's forward counted too). Held-out bpb is head 1's on the first `--eval-bytes` bytes of
 the held-out split. Runs with several output heads also report the teacher-forced bytes
@@ -33,6 +36,9 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-8det-96 lm-4det-96 with 8 heads (the drafting benchmark's model: `benchmarks.drafting`)
     lm-1h-space / -entropy / -learned   lm-1h with another patcher at about 4 bytes/patch
     lm-1h-k8 / -entropy8 / -learned8    lm-1h at 8 bytes/patch: fixed:8, entropy, learned
+    lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
+               local 64 (encoder 1 layer, decoder 1), latent 192 x 3 at fixed:4, 256 x 2 at
+               fixed:6, 256 x 4 at fixed:8; one head
 
 Results append to benchmarks/results/equal_compute_runs.jsonl (a rerun skips what is
 there); `--report` writes equal_compute.{md,csv,png}.
@@ -89,6 +95,9 @@ FAMILIES = {
     "lm-1h-k8": {**LM, "model.patcher.name": "fixed", "model.patcher.k": "8"},
     "lm-1h-entropy8": {**LM, "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "8"},
     "lm-1h-learned8": {**LM, "model.patcher.name": "learned", "model.patcher.target_bytes_per_patch": "8"},
+    "lm-lean-k4": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4},
+    "lm-lean-k6": {**LM, **LOCAL(64, 1, 1), "model.latent.n_layers": "2", "model.patcher.name": "fixed", "model.patcher.k": "6"},
+    "lm-lean-k8": {**LM, **LOCAL(64, 1, 1), "model.patcher.name": "fixed", "model.patcher.k": "8"},
 }  # fmt: skip
 SMALL_BUDGET = [
     "flat-96x3",
@@ -162,6 +171,35 @@ def teacher_forced(model, split, seq_len: int, max_bytes: int) -> dict:
             "head_acc": [int(x) / n for x in hits]}  # fmt: skip
 
 
+def budget_field(job: dict) -> dict:
+    kind = "budget_tflops" if job.get("kind") == "tflops" else "budget_cpu_min"
+    return {kind: job["budget"]}
+
+
+def budget_key(row: dict) -> tuple[str, float]:
+    """("CPU-min", x) or ("TFLOPs", x): how a run's budget was given."""
+    if row.get("budget_tflops") is not None:
+        return ("TFLOPs", row["budget_tflops"])
+    return ("CPU-min", row["budget_cpu_min"])
+
+
+def train_flops_per_byte(cfg, job: dict, r: float | None = None) -> float:
+    """Training FLOPs per byte of a run's config at r bytes per patch (default: its patcher's
+    nominal rate, k or the target), a frozen entropy model's forward included."""
+    from bytelm.evals.flops import flops_per_byte
+
+    if cfg.arch == "transformer":
+        return flops_per_byte(cfg.transformer, seq_len=cfg.data.seq_len)["total"]
+    pc = cfg.model.patcher
+    r = r or (pc.k if pc.name == "fixed" else pc.target_bytes_per_patch)
+    ent = None
+    if pc.name == "entropy":
+        from bytelm.checkpoint import load_config
+
+        ent = load_config(job["entropy_model"]).transformer
+    return flops_per_byte(cfg.model, r, cfg.data.seq_len, entropy_model=ent)["total"]
+
+
 def run_one(job: dict) -> dict:
     """One training run in its own process with one torch thread."""
     import torch
@@ -169,7 +207,6 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from bytelm import config as C
     from bytelm.demo import cpu_per_step
-    from bytelm.evals.flops import flops_per_byte
     from bytelm.patchers import ends_to_lengths
     from bytelm.train import Trainer
     from bytelm.vocab import PAD
@@ -177,18 +214,22 @@ def run_one(job: dict) -> dict:
     over = {**COMMON, **job["data"], **FAMILIES[job["name"]], "train.seed": str(job["seed"])}
     if "entropy" in job["name"]:
         over["model.patcher.entropy_model"] = job["entropy_model"]
-    out = Path(job["runs"]) / f"{job['name']}-b{job['budget']}-s{job['seed']}"
+    tag = "f" if job.get("kind") == "tflops" else "b"
+    out = Path(job["runs"]) / f"{job['name']}-{tag}{job['budget']}-s{job['seed']}"
     over.update({"train.out_dir": str(out), "train.eval_bytes": str(job["eval_bytes"])})
     preset = C.load_preset("demo")
     if over.get("arch") == "transformer":
         preset = C.override(C.load_preset("entropy"), {"transformer.attn_heads": "4"})
     cfg = C.override(preset, {k: v for k, v in over.items() if k != "arch"})
 
-    # the step cost, from a throwaway trainer's 3 steps after one warm-up
-    probe_cfg = C.override(cfg, {"train.steps": "1000", "train.eval_every": "100000",
-                                 "train.save_every": "100000", "train.prefetch": "false"})  # fmt: skip
-    step_s = cpu_per_step(probe_cfg, n=3 if job["budget"] < 10 else 8)
-    steps = max(20, int(job["budget"] * 60 / step_s))
+    if job.get("kind") == "tflops":  # analytic: FLOPs per byte at the nominal bytes per patch
+        steps = max(20, int(job["budget"] * 1e12 / (train_flops_per_byte(cfg, job)
+                                                    * cfg.data.batch_size * cfg.data.seq_len)))  # fmt: skip
+    else:  # the step cost, from a throwaway trainer's steps after one warm-up
+        probe_cfg = C.override(cfg, {"train.steps": "1000", "train.eval_every": "100000",
+                                     "train.save_every": "100000", "train.prefetch": "false"})  # fmt: skip
+        step_s = cpu_per_step(probe_cfg, n=3 if job["budget"] < 10 else 8)
+        steps = max(20, int(job["budget"] * 60 / step_s))
     cfg = C.override(cfg, {"train.steps": str(steps), "train.eval_every": str(steps),
                            "train.save_every": str(steps), "train.prefetch": "false"})  # fmt: skip
 
@@ -199,13 +240,12 @@ def run_one(job: dict) -> dict:
     ev = trainer.evaluate()
     model = trainer.raw_model.eval()
     row = {
-        "corpus": job["corpus"], "name": job["name"], "budget_cpu_min": job["budget"],
-        "seed": job["seed"], "steps": steps, "cpu_min": cpu_s / 60, "wall_min": wall_s / 60,
+        "corpus": job["corpus"], "name": job["name"], **budget_field(job), "seed": job["seed"], "steps": steps, "cpu_min": cpu_s / 60, "wall_min": wall_s / 60,
         "bpb": ev["bpb"], "eval_bytes": ev["eval_bytes"],
     }  # fmt: skip
     bytes_trained = steps * cfg.data.batch_size * cfg.data.seq_len
     if cfg.arch == "transformer":
-        fpb, r, heads = flops_per_byte(cfg.transformer, seq_len=cfg.data.seq_len)["total"], 1.0, 1
+        fpb, r, heads = train_flops_per_byte(cfg, job), 1.0, 1
     else:
         n_bytes = n_patches = 0
         with torch.no_grad():  # the bytes per patch this model reaches on the held-out bytes
@@ -217,10 +257,7 @@ def run_one(job: dict) -> dict:
                 n_bytes += int(nb.sum())
                 n_patches += int(ends_to_lengths(ends, nb).gt(0).sum())
         r = n_bytes / n_patches
-        ent = None
-        if cfg.model.patcher.name == "entropy":
-            ent = model.patcher.model.cfg
-        fpb = flops_per_byte(cfg.model, r, cfg.data.seq_len, entropy_model=ent)["total"]
+        fpb = train_flops_per_byte(cfg, job, r)
         heads = cfg.model.out_heads.n
         if heads > 1:
             row.update(teacher_forced(model, trainer.corpus["heldout"], cfg.data.seq_len,
@@ -238,7 +275,7 @@ def done_keys() -> set:
     if not RUNS_FILE.exists():
         return set()
     rows = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
-    return {(r["corpus"], r["name"], r["budget_cpu_min"], r["seed"]) for r in rows}
+    return {(r["corpus"], r["name"], budget_key(r), r["seed"]) for r in rows}
 
 
 def main(argv=None):
@@ -248,6 +285,7 @@ def main(argv=None):
     ap.add_argument("--data", default="stdlib")
     ap.add_argument("--split", default="hash", choices=["hash", "tail"])
     ap.add_argument("--budgets", default="1.5,4", help="CPU-minutes per run (one thread)")
+    ap.add_argument("--flops", default="", help="training TFLOPs per run, instead of --budgets")
     ap.add_argument("--only", default="", help="comma-separated family names (default: all)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--workers", type=int, default=2, help="runs side by side, one thread each")
@@ -262,7 +300,8 @@ def main(argv=None):
         return report()
     name = corpus_name(args.data)
     runs = Path(args.runs) / name
-    budgets = [float(b) for b in args.budgets.split(",")]
+    kind = "tflops" if args.flops else "cpu"
+    budgets = [float(b) for b in (args.flops or args.budgets).split(",")]
     only = [n for n in args.only.split(",") if n] or list(FAMILIES)
     unknown = set(only) - set(FAMILIES)
     if unknown:
@@ -274,11 +313,12 @@ def main(argv=None):
     for seed in (int(s) for s in args.seeds.split(",")):
         for b in budgets:  # in the order given: the runs that matter most first
             for fam in only:
-                if b != max(budgets) and fam not in SMALL_BUDGET:
+                if kind == "cpu" and b != max(budgets) and fam not in SMALL_BUDGET:
                     continue
-                if (name, fam, b, seed) in done:
+                key = ("TFLOPs" if kind == "tflops" else "CPU-min", b)
+                if (name, fam, key, seed) in done:
                     continue
-                jobs.append({"corpus": name, "name": fam, "budget": b, "seed": seed,
+                jobs.append({"corpus": name, "name": fam, "budget": b, "kind": kind, "seed": seed,
                              "data": data_overrides(args), "runs": str(runs),
                              "eval_bytes": args.eval_bytes})  # fmt: skip
     if any("entropy" in j["name"] for j in jobs):
@@ -307,18 +347,18 @@ def main(argv=None):
 # --------------------------------------------------------------------------- report
 
 
-def family(name: str) -> str:
+def family(name: str, heads: int) -> str:
     if name.startswith("flat"):
         return "flat"
-    return "bytelm, 1 head" if "-1h" in name else "bytelm, 4 heads"
+    return "bytelm, 1 head" if heads == 1 else "bytelm, 4+ heads"
 
 
 def report() -> None:
     rows = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
     table = []
-    for r in sorted(rows, key=lambda r: (r["corpus"], r["budget_cpu_min"], r["bpb"])):
+    for r in sorted(rows, key=lambda r: (r["corpus"], budget_key(r), r["bpb"])):
         table.append({
-            "corpus": r["corpus"], "budget (CPU-min)": r["budget_cpu_min"], "run": r["name"],
+            "corpus": r["corpus"], "budget": "{1:g} {0}".format(*budget_key(r)), "run": r["name"],
             "seed": r["seed"], "held-out bpb": round(r["bpb"], 4),
             "bytes/patch": round(r["bytes_per_patch"], 2), "heads": r["heads"],
             "TF bytes/fwd": round(r["tf_bytes_per_forward"], 3) if "tf_bytes_per_forward" in r else "",
@@ -372,26 +412,34 @@ NOTES = """Read with care:
   hashed n-gram embeddings and the latent as a cheap extra depth per patch."""
 
 
+PATCHERS = {  # the patcher comparisons, per target bytes per patch: (patcher, family)
+    4: [("fixed", "lm-1h"), ("space", "lm-1h-space"), ("entropy", "lm-1h-entropy"),
+        ("learned", "lm-1h-learned")],
+    8: [("fixed", "lm-1h-k8"), ("entropy", "lm-1h-entropy8"), ("learned", "lm-1h-learned8")],
+}  # fmt: skip
+
+
 def summarize(rows: list[dict]) -> list[str]:
     """Per corpus and budget: the best of each family (a run's bpb is its mean over seeds),
     the margins over the best flat model, the seed spreads, and the patchers on lm-1h."""
     out = []
     for corpus in sorted({r["corpus"] for r in rows}):
-        for b in sorted({r["budget_cpu_min"] for r in rows if r["corpus"] == corpus}):
-            rs = [r for r in rows if r["corpus"] == corpus and r["budget_cpu_min"] == b]
+        for b in sorted({budget_key(r) for r in rows if r["corpus"] == corpus}):
+            rs = [r for r in rows if r["corpus"] == corpus and budget_key(r) == b]
             seeds: dict[str, list[float]] = {}
+            heads = {r["name"]: r["heads"] for r in rs}
             for r in rs:
                 seeds.setdefault(r["name"], []).append(r["bpb"])
             mean = {n: sum(v) / len(v) for n, v in seeds.items()}
             best: dict[str, tuple[float, str]] = {}
             for n, v in mean.items():
-                f = family(n)
+                f = family(n, heads[n])
                 best[f] = min(best.get(f, (math.inf, "")), (v, n))
-            line = f"- **{corpus}, {b:g} CPU-min**: " + ", ".join(
+            line = f"- **{corpus}, {b[1]:g} {b[0]}**: " + ", ".join(
                 f"best {f} {v:.3f} ({n})" for f, (v, n) in sorted(best.items())
             )
             if "flat" in best:
-                for f in ("bytelm, 1 head", "bytelm, 4 heads"):
+                for f in ("bytelm, 1 head", "bytelm, 4+ heads"):
                     if f in best:
                         line += f"; {f} ahead of flat by {best['flat'][0] - best[f][0]:+.3f}"
             spread = {n: max(v) - min(v) for n, v in seeds.items() if len(v) > 1}
@@ -399,15 +447,13 @@ def summarize(rows: list[dict]) -> list[str]:
                 line += "; seed spread (max - min) " + ", ".join(
                     f"{n} {s:.3f}" for n, s in spread.items()
                 )
-            pat = [("fixed:4", "lm-1h")] + [
-                (p, f"lm-1h-{p}") for p in ("space", "entropy", "learned")
-            ]
-            have = [(p, n) for p, n in pat if n in mean]
-            if len(have) > 1:
-                rate = {r["name"]: r["bytes_per_patch"] for r in rs}
-                line += "; patchers on lm-1h: " + ", ".join(
-                    f"{p} {mean[n]:.3f} ({rate[n]:.2f} B/patch)" for p, n in have
-                )
+            rate = {r["name"]: r["bytes_per_patch"] for r in rs}
+            for target, pat in PATCHERS.items():
+                have = [(p, n) for p, n in pat if n in mean]
+                if len(have) > 1:
+                    line += f"; patchers on lm-1h at {target} B/patch: " + ", ".join(
+                        f"{p} {mean[n]:.3f} ({rate[n]:.2f})" for p, n in have
+                    )
             out.append(line)
     return out
 
@@ -428,7 +474,7 @@ def plot(rows: list[dict]) -> None:
             )
             if not rs:
                 continue
-            style = "o--" if name.startswith("flat") else ("s-" if "-1h" in name else "^-")
+            style = {"flat": "o--", "bytelm, 1 head": "s-"}.get(family(name, rs[0]["heads"]), "^-")
             ax.plot([r["train_flops"] for r in rs], [r["bpb"] for r in rs], style, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs (analytic)")
