@@ -55,23 +55,26 @@ class _StepMask(MaskSpec):
 class KVCache:
     """Keys and values of one stack, all layers, with one extra dump slot.
 
-    k, v: (L, B, H, S + 1, Dh); slot S is a dump for masked writes (the padding
-    of a latent step). pos, doc: (B, S + 1) the position and document of each
-    slot; doc -1 marks an empty slot, which no query reads.
+    k, v: one (B, H, S + 1, Dh) tensor per layer; slot S is a dump for masked writes (the
+    padding of a latent step). pos, doc: (B, S + 1) the position and document of each
+    slot; doc -1 marks an empty slot, which no query reads. A tensor per layer, not one
+    stacked tensor: a compiled step writes each in place, where writing a view of a stack
+    makes inductor copy the whole stack every step (measured on CPU: 3.4 ms against 0.09 ms
+    for 4 layers of 4096 slots).
     """
 
-    k: torch.Tensor
-    v: torch.Tensor
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
     pos: torch.Tensor
     doc: torch.Tensor
     window: int | None
 
     @classmethod
     def empty(cls, n_layers, batch, n_heads, head_dim, size, window, dtype, device) -> KVCache:
-        shape = (n_layers, batch, n_heads, size + 1, head_dim)
+        shape = (batch, n_heads, size + 1, head_dim)
         return cls(
-            k=torch.zeros(shape, dtype=dtype, device=device),
-            v=torch.zeros(shape, dtype=dtype, device=device),
+            k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
+            v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
             pos=torch.full((batch, size + 1), -1, dtype=torch.long, device=device),
             doc=torch.full((batch, size + 1), -1, dtype=torch.long, device=device),
             window=window or None,
@@ -115,20 +118,19 @@ class KVCache:
         Otherwise the cache itself."""
         if self.window or n >= self.size:
             return self
-        k, v = self.k[..., : n + 1, :], self.v[..., : n + 1, :]
+        k, v = [x[..., : n + 1, :] for x in self.k], [x[..., : n + 1, :] for x in self.v]
         return KVCache(k, v, self.pos[:, : n + 1], self.doc[:, : n + 1], self.window)
 
     def take(self, rows: torch.Tensor) -> KVCache:
         """A copy of rows (B',) of this cache, to step a few rows alone; `put` writes back."""
-        return KVCache(
-            self.k[:, rows], self.v[:, rows], self.pos[rows], self.doc[rows], self.window
-        )
+        k, v = [x[rows] for x in self.k], [x[rows] for x in self.v]
+        return KVCache(k, v, self.pos[rows], self.doc[rows], self.window)
 
     def put(self, rows: torch.Tensor, part: KVCache, slots: torch.Tensor) -> None:
         """Write slots (B', n) of part = self.take(rows), stepped since, back into rows (B',)."""
         r, R = torch.arange(len(rows), device=rows.device)[:, None], rows[:, None]
-        self.k[:, R, :, slots] = part.k[:, r, :, slots]  # (B', n, L, H, Dh)
-        self.v[:, R, :, slots] = part.v[:, r, :, slots]
+        for mine, theirs in zip(self.k + self.v, part.k + part.v):
+            mine[R, :, slots] = theirs[r, :, slots]  # (B', n, H, Dh)
         self.pos[R, slots] = part.pos[r, slots]
         self.doc[R, slots] = part.doc[r, slots]
 
@@ -141,9 +143,9 @@ class KVCache:
         ok = (pos >= 0) & (self.pos.gather(1, slots) == pos)
         rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
         m = ok[None, :, None, :, None]
-        # advanced indices split by a slice come first: (B, span, L, H, Dh)
-        k = self.k[:, rows, :, slots].permute(2, 0, 3, 1, 4)  # (L, B, H, span, Dh)
-        v = self.v[:, rows, :, slots].permute(2, 0, 3, 1, 4)
+        # advanced indices split by a slice come first: (B, span, H, Dh) per layer
+        k = torch.stack([x[rows, :, slots] for x in self.k]).permute(0, 1, 3, 2, 4)
+        v = torch.stack([x[rows, :, slots] for x in self.v]).permute(0, 1, 3, 2, 4)
         return {
             "k": torch.where(m, k, 0.0),
             "v": torch.where(m, v, 0.0),

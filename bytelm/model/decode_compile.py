@@ -37,7 +37,7 @@ def prepare_cache(cache) -> None:
     for t in (cache.ring_ids, cache.ring_doc, cache.ring_h, cache.lat_out):
         mark(t)
     for kv in (cache.enc, cache.lat, cache.dec):
-        for t in (kv.k, kv.v, kv.pos, kv.doc):
+        for t in (*kv.k, *kv.v, kv.pos, kv.doc):
             mark(t)
 
 

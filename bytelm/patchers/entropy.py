@@ -103,8 +103,8 @@ class EntropyKV:
         out = a.clone()
         out.kv = dataclasses.replace(
             a.kv,
-            k=torch.where(m.view(1, -1, 1, 1, 1), a.kv.k, b.kv.k),
-            v=torch.where(m.view(1, -1, 1, 1, 1), a.kv.v, b.kv.v),
+            k=[torch.where(m.view(-1, 1, 1, 1), x, y) for x, y in zip(a.kv.k, b.kv.k)],
+            v=[torch.where(m.view(-1, 1, 1, 1), x, y) for x, y in zip(a.kv.v, b.kv.v)],
             pos=torch.where(m[:, None], a.kv.pos, b.kv.pos),
             doc=torch.where(m[:, None], a.kv.doc, b.kv.doc),
         )
@@ -373,8 +373,8 @@ class EntropyPatcher:
         out = cache.clone()
         out.kv = dataclasses.replace(
             kv,
-            k=kv.k.index_copy(1, rows, new.k),
-            v=kv.v.index_copy(1, rows, new.v),
+            k=[x.index_copy(0, rows, y) for x, y in zip(kv.k, new.k)],
+            v=[x.index_copy(0, rows, y) for x, y in zip(kv.v, new.v)],
             pos=kv.pos.index_copy(0, rows, new.pos),
             doc=kv.doc.index_copy(0, rows, new.doc),
         )
