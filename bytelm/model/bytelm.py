@@ -272,8 +272,15 @@ class ByteLM(nn.Module):
 
     def _decode_step(self, ids, cache, pos, docs, fixed: bool = False):
         """One decode call's work on the device -> (logits (B, n, heads, V), ends (B, n))."""
+        h, ends, prob = self._encode_step(ids, cache, pos, docs)
+        self._latent_part(cache, pos, h, ends, prob, fixed)
+        return self._decode_tail(h, ends, cache, pos, docs), ends
+
+    def _encode_step(self, ids, cache, pos, docs):
+        """Patcher, embedding, encoder and router of a decode call -> encoder states h
+        (B, n, D), ends (B, n) and the router's boundary probabilities (learned) or None; the
+        new bytes go into the position ring."""
         B, n = ids.shape
-        backend = self.cfg.attn_backend
         rows = torch.arange(B, device=ids.device)[:, None]
         prob = None
         if not self.learned:
@@ -290,7 +297,7 @@ class ByteLM(nn.Module):
 
         # encode
         slots, spec = cache.enc.write(pos, docs)
-        h = self.encoder.step(h, cache.enc, slots, spec, backend)  # (B, n, D)
+        h = self.encoder.step(h, cache.enc, slots, spec, self.cfg.attn_backend)  # (B, n, D)
         if self.learned:  # the router also reads the state of the byte before, from the ring
             before = cache.ring_h[rows[:, 0], (pos[:, 0] - 1) % cache.ring_size]  # (B, D)
             states = torch.cat([before[:, None], h], 1)  # (B, 1 + n, D)
@@ -299,22 +306,27 @@ class ByteLM(nn.Module):
         cache.ring_ids[rows, ring] = ids
         cache.ring_doc[rows, ring] = docs
         cache.ring_h[rows, ring] = h
+        return h, ends, prob
 
-        # pool and latent: only the patches this call closes (at most n per row)
+    def _latent_part(self, cache, pos, h, ends, prob, fixed: bool) -> None:
+        """Pool and latent: only the patches this call closes (at most n per row)."""
+        B, n = ends.shape
+        rows = torch.arange(B, device=ends.device)
         closes = ends.sum(1)  # (B,)
         if fixed:  # every row steps n slots, those past the patches it closes padding
-            self._step_latent(cache, rows[:, 0], n, cache.lat, ends, pos, closes, prob)
-        else:
-            # only the rows that close a patch when few do; the call's one host sync
-            m, b, P = torch.stack(
-                [closes.max(), closes.gt(0).sum(), cache.n_patches.max()]
-            ).tolist()
-            if m:  # a call that closes no patch skips pool and latent
-                sel = rows[:, 0]  # (B',) the rows stepped: all, or the b that close a patch
-                if b * COMPACT_ROWS <= B:
-                    sel = closes.gt(0).byte().argsort(descending=True, stable=True)[:b]
-                self._step_latent(cache, sel, m, cache.lat.prefix(P + m), ends, pos, closes, prob)
+            self._step_latent(cache, rows, n, cache.lat, ends, pos, closes, prob)
+            return
+        # only the rows that close a patch when few do; the call's one host sync
+        m, b, P = torch.stack([closes.max(), closes.gt(0).sum(), cache.n_patches.max()]).tolist()
+        if m:  # a call that closes no patch skips pool and latent
+            sel = rows  # (B',) the rows stepped: all, or the b that close a patch
+            if b * COMPACT_ROWS <= B:
+                sel = closes.gt(0).byte().argsort(descending=True, stable=True)[:b]
+            self._step_latent(cache, sel, m, cache.lat.prefix(P + m), ends, pos, closes, prob)
 
+    def _decode_tail(self, h, ends, cache, pos, docs):
+        """Unpool, decoder and heads of a decode call -> logits (B, n, heads, V)."""
+        backend = self.cfg.attn_backend
         # unpool: byte t reads the last patch complete by t (its own patch if t ends it)
         ctx = cache.n_patches[:, None] + ends.long().cumsum(1) - 1  # (B, n) last closed patch
         cslot = cache.lat.slot(ctx.clamp(min=0))
@@ -329,7 +341,7 @@ class ByteLM(nn.Module):
         # heads: a block head j's layer is cache layer n_layers + j
         L = self.cfg.decoder.n_layers
         y = self.heads.step(d, spec, cache.dec, L, slots, backend, rot, cache.heads)
-        return self.unembed(self.norm(y)), ends  # (B, n, heads, V), (B, n)
+        return self.unembed(self.norm(y))  # (B, n, heads, V)
 
     def _step_latent(self, cache, sel, m, lat, ends, pos, closes, prob):
         """Pool the patches that rows sel (B',) close in this call and step them through the

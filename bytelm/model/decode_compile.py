@@ -1,13 +1,20 @@
-"""The compiled decode step: `torch.compile` of `ByteLM._decode_fixed`.
+"""The compiled decode step.
 
 `ByteLM.new_cache(..., compile=True)` (and `generate(..., compile=True)`) makes a cache
-whose decode calls run the fixed-shape step compiled: every call of n bytes has the same
-shapes and reads nothing back from the device, so one graph serves every decode call of
-that width. On CUDA the mode is "reduce-overhead" (CUDA graphs): the tensors the step
-writes in place (KV caches, position ring, latent outputs) are marked as static addresses,
-and the small tensors it returns are cloned out of the graph's memory pool, because a
-replay overwrites the previous one's outputs and rollback reads the state before a call.
-On CPU the default mode (fused kernels, no graphs).
+whose decode calls run compiled, in one of two ways:
+
+- On CUDA, the whole fixed-shape step `ByteLM._decode_fixed`, in mode "reduce-overhead"
+  (CUDA graphs): every call of n bytes has the same shapes and reads nothing back from the
+  device, so one graph serves every decode call of that width. The tensors the step writes
+  in place (KV caches, position ring, latent outputs) are marked as static addresses, and
+  the small tensors it returns are cloned out of the graph's memory pool, because a replay
+  overwrites the previous one's outputs and rollback reads the state before a call.
+- On CPU, a hybrid: the byte-level halves of the step (`_encode_step`: patcher, embedding,
+  encoder, router; `_decode_tail`: unpooling, decoder, heads) compiled, and the latent
+  between them eager, only when a patch closes, over the patches stored so far (one host
+  sync per call, free on a CPU). The fixed-shape step steps the latent on every byte over
+  every slot of its cache, which on CPU costs more than compiling saves
+  (`benchmarks/results/decode_compile.md`).
 
 Prefill calls (those with `n_valid`) stay eager: their width varies with the prompt.
 """
@@ -18,13 +25,21 @@ import torch
 
 
 def compiled_step(model):
-    """model._decode_fixed, compiled once per model and kept on it (not a submodule)."""
+    """The compiled step of a model -> fn(ids, cache, pos, docs) -> (logits, ends), made once
+    per model and kept on it (not a submodule)."""
     fn = model.__dict__.get("_compiled_decode")
     if fn is None:
-        cuda = model.unembed.weight.device.type == "cuda"
-        fn = torch.compile(
-            model._decode_fixed, mode="reduce-overhead" if cuda else None, dynamic=False
-        )
+        if model.unembed.weight.device.type == "cuda":
+            fn = torch.compile(model._decode_fixed, mode="reduce-overhead", dynamic=False)
+        else:
+            encode = torch.compile(model._encode_step, dynamic=False)
+            tail = torch.compile(model._decode_tail, dynamic=False)
+
+            def fn(ids, cache, pos, docs):
+                h, ends, prob = encode(ids, cache, pos, docs)
+                model._latent_part(cache, pos, h, ends, prob, fixed=False)
+                return tail(h, ends, cache, pos, docs), ends
+
         model.__dict__["_compiled_decode"] = fn
     return fn
 
