@@ -9,8 +9,9 @@ greedy decoding of `--new-bytes` bytes with `ByteLM.decode` after a 32-byte prom
 - eager: the default step (reads back how many patches close, one host sync per call,
   and steps only those);
 - fixed: the fixed-shape step (every row steps one latent slot per byte, masked: no sync);
-- compiled: the fixed-shape step through `torch.compile` (default mode on CPU; compiled
-  before timing, one graph per batch size).
+- compiled: `compile=True`, on CPU the hybrid step of `bytelm.model.decode_compile` (the
+  byte-level halves compiled, default mode; the latent eager, only when a patch closes;
+  compiled before timing, graphs per batch size).
 
 Times are CPU time (`time.process_time`) per decoded byte of the decode loop (prefill
 excluded), the median of `--repeats`, paths alternating inside each repeat so that a busy
