@@ -9,8 +9,9 @@ the learned router (`patcher.name = learned`, target K bytes per patch, ratio lo
 W; threshold 0.5 in training, H-Net's cut). Reported per run: the bytes per patch over the
 training steps (the live rate the progress bar shows), held-out bpb of head 1 and the
 bytes per patch in the eval windows, and CPU seconds. Then the knob: each learned model's
-threshold is calibrated to K and to each `--knob` target on the held-out sample
-(`bytelm.model.chunking.calibrate`) and bpb is measured at that θ; the fixed model is run
+threshold is calibrated to K and to each `--knob` target on the training split's
+calibration sample (`bytelm.model.chunking.calibrate`, as `bytelm eval
+--target-bytes-per-patch` does) and bpb is measured at that θ on held-out bytes; the fixed model is run
 at k = each `--knob` target, for comparison.
 
 Results: benchmarks/results/learned_vs_fixed_<data>_<steps>.{md,csv}, with the machine. One
@@ -125,7 +126,7 @@ def main(argv=None):
                 bpb, bpp = eval_at(model, heldout, seq, args.eval_bytes)
                 rows.append(row(label, "trained (θ = 0.5)", bpb, bpp, cpu, wall, 0.5))
             if learned:
-                _, cal = calibrate(model, heldout, target, seq, max_bytes=args.eval_bytes)
+                _, cal = calibrate(model, t.corpus["train"], target, seq)
                 bpb, bpp = eval_at(model, heldout, seq, args.eval_bytes)
                 rows.append(
                     row(label, f"θ calibrated to {target:g}", bpb, bpp, cpu, wall, cal.threshold)
@@ -142,7 +143,7 @@ def main(argv=None):
         f"Data {args.data}, target {K:g} bytes per patch, {args.steps} steps, seq 256, batch 16, "
         f"one seed; held-out bpb on the first {args.eval_bytes:,} held-out bytes. The learned "
         "runs train with threshold 0.5; the θ-calibrated rows are the same model with θ fitted "
-        "to that target on the same held-out sample (the inference knob); the fixed model is "
+        "to that target on the training split's calibration sample (the inference knob); the fixed model is "
         "also run at another k. CPU seconds are the training run's.\n\n"
         "Training bytes per patch of the learned runs (step: bytes/patch):\n\n"
         + "\n".join(curve_lines)
