@@ -119,11 +119,9 @@ class PerByteLatent(ByteLM):
         slots, spec = cache.dec.write(pos, docs)
         rot = self.decoder.rope_angles(pos)
         d = self.decoder.step(h + u, cache.dec, slots, spec, backend, rot)
-        L, logits = self.cfg.decoder.n_layers, []
-        for j, head in enumerate(self.heads[: cache.heads]):
-            y = head.step(d, spec, cache.dec.k[L + j], cache.dec.v[L + j], slots, backend, rot)
-            logits.append(self.unembed(self.norm(y)))
-        logits = torch.stack(logits, dim=2)
+        L = self.cfg.decoder.n_layers
+        y = self.heads.step(d, spec, cache.dec, L, slots, backend, rot, cache.heads)
+        logits = self.unembed(self.norm(y))
         cache.advance(docs, ends)
         if n_valid is not None:
             cache.rollback(n_valid)
