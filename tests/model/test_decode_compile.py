@@ -159,6 +159,22 @@ def test_compiled_decode_equals_eager(compiled_model):
 
 
 @pytest.mark.slow
+def test_compiled_decode_of_a_learned_router_equals_eager():
+    """On CPU the router runs in the compiled encoder half and its probabilities smooth the
+    eager latent's outputs between the two compiled halves."""
+    model = model_for("learned", "attn", "mlp", heads=2, seed=1)
+    ids = text(T=30)
+    eager = model.new_cache(2, max_len=64, max_step=8)
+    comp = model.new_cache(2, max_len=64, max_step=8, compile=True)
+    model.prefill(ids[:, :10], eager)
+    model.prefill(ids[:, :10], comp)
+    for t in range(10, 26):
+        e, c = model.decode(ids[:, t : t + 1], eager), model.decode(ids[:, t : t + 1], comp)
+        assert (e - c).abs().max() < TOL, f"byte {t}"
+    assert torch.equal(eager.n_patches, comp.n_patches) and int(eager.n_patches.min()) > 2
+
+
+@pytest.mark.slow
 def test_compiled_speculative_greedy_equals_plain(compiled_model):
     model = compiled_model
     prompts = [b"the cat ", b"hello world, "]
