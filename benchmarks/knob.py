@@ -59,21 +59,17 @@ def main(argv=None) -> None:
             if ckpt is None:
                 print(f"skipped {fam} seed {seed}: no checkpoint in {runs}", flush=True)
                 continue
-            if patcher == "fixed":
-                settings = [trained_at]
-            else:
-                settings = knobs if fam in KNOBBED else [trained_at]
-            for target in settings:
+            for target in knobs if fam in KNOBBED else [trained_at]:
                 if patcher == "fixed":
                     r = bpb_of_checkpoint(str(ckpt), None, args.max_bytes, 8)
-                    bpp, theta = trained_at, None
+                    bpp, theta = trained_at, ""
                 else:
                     r = eval_at_target(str(ckpt), target, None, args.max_bytes, 8)
                     bpp, theta = r["eval_bytes_per_patch"], r["threshold"]
                 rows.append({
                     "patcher": patcher, "trained at": trained_at, "evaluated at": target,
                     "seed": seed, "held-out bpb": r["bpb"], "eval bytes/patch": bpp,
-                    "theta": theta if theta is not None else "",
+                    "theta": theta,
                 })  # fmt: skip
                 print(rows[-1], flush=True)
     if not rows:

@@ -273,7 +273,7 @@ class ByteLM(nn.Module):
     def _decode_step(self, ids, cache, pos, docs, fixed: bool = False):
         """One decode call's work on the device -> (logits (B, n, heads, V), ends (B, n))."""
         h, ends, prob = self._encode_step(ids, cache, pos, docs)
-        self._latent_part(cache, pos, h, ends, prob, fixed)
+        self._latent_part(cache, pos, ends, prob, fixed)
         return self._decode_tail(h, ends, cache, pos, docs), ends
 
     def _encode_step(self, ids, cache, pos, docs):
@@ -308,7 +308,7 @@ class ByteLM(nn.Module):
         cache.ring_h[rows, ring] = h
         return h, ends, prob
 
-    def _latent_part(self, cache, pos, h, ends, prob, fixed: bool) -> None:
+    def _latent_part(self, cache, pos, ends, prob, fixed: bool) -> None:
         """Pool and latent: only the patches this call closes (at most n per row)."""
         B, n = ends.shape
         rows = torch.arange(B, device=ends.device)

@@ -37,7 +37,7 @@ def compiled_step(model):
 
             def fn(ids, cache, pos, docs):
                 h, ends, prob = encode(ids, cache, pos, docs)
-                model._latent_part(cache, pos, h, ends, prob, fixed=False)
+                model._latent_part(cache, pos, ends, prob, fixed=False)
                 return tail(h, ends, cache, pos, docs), ends
 
         model.__dict__["_compiled_decode"] = fn
