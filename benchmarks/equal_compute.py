@@ -39,6 +39,8 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
                local 64 (encoder 1 layer, decoder 1), latent 192 x 3 at fixed:4, 256 x 2 at
                fixed:6, 256 x 4 at fixed:8; one head
+    *-do / -do2  with residual dropout 0.1 / 0.2 in every stack and, for a ByteLM, on the
+               n-gram lookups (model.ngram.dropout): for many epochs of a small corpus
 
 Results append to benchmarks/results/equal_compute_runs.jsonl (a rerun skips what is
 there); `--report` writes equal_compute.{md,csv,png}.
@@ -74,6 +76,10 @@ FLAT = lambda d, n: {
     "transformer.dim": str(d),
     "transformer.n_layers": str(n),
 }
+DROP = lambda where, p: {  # residual dropout in every stack (and on the n-gram lookups)
+    f"{where}.{k}dropout": str(p)
+    for k in (("",) if where == "transformer" else ("encoder.", "latent.", "decoder.", "ngram."))
+}  # fmt: skip
 FAMILIES = {
     "flat-64x4": FLAT(64, 4),
     "flat-96x3": FLAT(96, 3),
@@ -98,6 +104,9 @@ FAMILIES = {
     "lm-lean-k4": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4},
     "lm-lean-k6": {**LM, **LOCAL(64, 1, 1), "model.latent.n_layers": "2", "model.patcher.name": "fixed", "model.patcher.k": "6"},
     "lm-lean-k8": {**LM, **LOCAL(64, 1, 1), "model.patcher.name": "fixed", "model.patcher.k": "8"},
+    "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},
+    "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
+    "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
 }  # fmt: skip
 SMALL_BUDGET = [
     "flat-96x3",

@@ -52,8 +52,12 @@ class TransformerConfig:
     window: int = 0  # sliding-window attention span in positions; 0 = full causal attention
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * dim, rounded up to a multiple of 16
     rope_theta: float = 10000.0
+    # residual dropout on each block's attention and MLP outputs, in training only: the
+    # regulariser for many epochs of a small corpus (benchmarks/results/equal_compute.md)
+    dropout: float = 0.0
 
     def __post_init__(self):
+        _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         _check(self.dim >= 8, f"dim must be >= 8, got {self.dim}")
         _check(self.n_layers >= 0, f"n_layers must be >= 0, got {self.n_layers}")
         _check(self.attn_heads >= 1, f"attn_heads must be >= 1, got {self.attn_heads}")
@@ -73,9 +77,14 @@ class NGramConfig:
     ns: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
     # buckets per n. 0 = sized to the model: 32 * encoder dim, rounded up to a power of two.
     buckets: int = 0
+    # in training, each byte's lookup in each n's table is dropped with this probability (the
+    # rest scaled by 1 / (1 - dropout)), so that the model cannot lean on memorised long
+    # n-grams of a small corpus; evaluation and generation read every table
+    dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "ns", tuple(self.ns))
+        _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         _check(all(2 <= n <= 16 for n in self.ns), f"ngram ns must lie in 2..16, got {self.ns}")
         _check(self.buckets >= 0, f"ngram buckets must be >= 0 (0 = auto), got {self.buckets}")
 
@@ -347,7 +356,11 @@ def from_dict(cls, d: dict, prefix: str = ""):
             kwargs[k] = from_dict(t, v, key)
         else:
             kwargs[k] = _coerce(t, v, key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # name the section: "dropout" alone does not say which stack
+        msg = str(e).removeprefix("bytelm: ")
+        raise ConfigError(f"bytelm: {prefix}: {msg}" if prefix else str(e)) from None
 
 
 def _coerce(t, v, key: str):

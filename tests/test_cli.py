@@ -33,6 +33,11 @@ def one_line_error(code, err, fragment):
         (["train", "--preset", "tiny", "--train.steps", "0"], "train.steps must be >= 1"),
         (["train", "--preset", "tiny", "--model.out_heads.n", "0"], "heads.n must lie in 1..16"),
         (["train", "--preset", "tiny", "--train.lr", "fast"], "expects float"),
+        (
+            ["train", "--preset", "tiny", "--model.latent.dropout", "1"],
+            "model.latent: dropout must lie in [0, 1)",
+        ),
+        (["train", "--preset", "tiny", "--model.ngram.dropout", "-0.1"], "model.ngram: dropout"),
         (["train", "--preset", "tiny", "--data.heldout_fraction", "1.5"], "heldout_fraction"),
         (["train", "--preset", "tiny", "--model.pooling", "median"], "model.pooling"),
         (["train", "--preset", "nope"], "unknown preset 'nope'"),

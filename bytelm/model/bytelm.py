@@ -91,7 +91,7 @@ class ByteLM(nn.Module):
                 f"bytelm: the {self.patcher.name!r} patcher is not causal (its boundaries depend on "
                 "future bytes), so ByteLM cannot train or generate with it"
             )
-        self.embed = ByteEmbedding(D, cfg.ngram.ns, cfg.ngram.buckets)
+        self.embed = ByteEmbedding(D, cfg.ngram.ns, cfg.ngram.buckets, cfg.ngram.dropout)
         self.encoder = Stack(cfg.encoder)
         if cfg.pooling == "attn":
             self.pool_norm = RMSNorm(D)

@@ -63,9 +63,10 @@ def _powers(S: int, device) -> torch.Tensor:
 
 
 class ByteEmbedding(nn.Module):
-    def __init__(self, dim: int, ns: tuple[int, ...], buckets: int):
+    def __init__(self, dim: int, ns: tuple[int, ...], buckets: int, dropout: float = 0.0):
         super().__init__()
         self.ns, self.buckets = tuple(ns), buckets or auto_buckets(dim)
+        self.dropout = dropout
         self.byte = nn.Embedding(VOCAB_SIZE, dim)
         self.ngram = nn.Embedding(len(self.ns) * self.buckets, dim) if self.ns else None
         offsets = torch.arange(len(self.ns), dtype=torch.long) * self.buckets
@@ -76,7 +77,12 @@ class ByteEmbedding(nn.Module):
         x = self.byte(ids)
         if self.ngram is not None:
             idx = ngram_hashes(ids, docs, self.ns, self.buckets) + self.offsets  # (B, T, n_ns)
+            idx = idx.reshape(-1, idx.shape[-1])  # (B * T, n_ns)
+            keep = None  # in training, drop each lookup with p = dropout, scale the rest up
+            if self.dropout and self.training:
+                keep = torch.bernoulli(torch.full(idx.shape, 1 - self.dropout, device=idx.device))
+                keep = (keep / (1 - self.dropout)).to(self.ngram.weight.dtype)
             # embedding_bag sums the lookups without materialising (B, T, n_ns, D)
-            bags = F.embedding_bag(idx.reshape(-1, idx.shape[-1]), self.ngram.weight, mode="sum")
+            bags = F.embedding_bag(idx, self.ngram.weight, mode="sum", per_sample_weights=keep)
             x = x + bags.view_as(x)
         return x

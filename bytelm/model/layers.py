@@ -133,10 +133,15 @@ class Block(nn.Module):
         self.attn = Attention(cfg.dim, cfg.attn_heads, cfg.rope_theta)
         self.mlp_norm = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, spec: MaskSpec, backend: str = "sdpa") -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), spec, backend=backend)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self._drop(self.attn(self.attn_norm(x), spec, backend=backend))
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        """Residual dropout, in training only (`step` is inference and never drops)."""
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
     def step(self, x, spec, k_cache, v_cache, slots, backend="sdpa", rot=None) -> torch.Tensor:
         """The incremental forward: x (B, n, D) at new positions, see `Attention.step`."""
