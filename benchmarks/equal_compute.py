@@ -39,6 +39,8 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
                local 64 (encoder 1 layer, decoder 1), latent 192 x 3 at fixed:4, 256 x 2 at
                fixed:6, 256 x 4 at fixed:8; one head
+    *-w256     with local attention windows of 256 bytes (the demo preset's are 64): the
+               whole training window, as the flat models see it, at no extra CPU time here
     *-do / -do2  with residual dropout 0.1 / 0.2 in every stack and, for a ByteLM, on the
                n-gram lookups (model.ngram.dropout): for many epochs of a small corpus
 
@@ -76,6 +78,7 @@ FLAT = lambda d, n: {
     "transformer.dim": str(d),
     "transformer.n_layers": str(n),
 }
+WINDOW = lambda w: {"model.encoder.window": str(w), "model.decoder.window": str(w)}
 DROP = lambda where, p: {  # residual dropout in every stack (and on the n-gram lookups)
     f"{where}.{k}dropout": str(p)
     for k in (("",) if where == "transformer" else ("encoder.", "latent.", "decoder.", "ngram."))
@@ -104,6 +107,8 @@ FAMILIES = {
     "lm-lean-k4": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4},
     "lm-lean-k6": {**LM, **LOCAL(64, 1, 1), "model.latent.n_layers": "2", "model.patcher.name": "fixed", "model.patcher.k": "6"},
     "lm-lean-k8": {**LM, **LOCAL(64, 1, 1), "model.patcher.name": "fixed", "model.patcher.k": "8"},
+    "lm-1h-96-w256": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(256)},
+    "lm-lean-k4-w256": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **WINDOW(256)},
     "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},

@@ -103,10 +103,24 @@ class OutputHeadsConfig:
     # False: the draft heads' (2..K) losses train only their own layers, never the decoder,
     # encoder, latent or the shared norm and unembedding, so head 1 learns as in a one-head model
     draft_grad: bool = False
+    # the share of each training window's positions at which heads 2..K are computed and
+    # trained (a fresh random sample every micro-batch; head 1 always trains on every
+    # position, and evaluation and generation compute every head everywhere). Their losses
+    # are unbiased estimates from the sample, at this share of the heads' training cost
+    draft_sample: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         _check(1 <= self.n <= 16, f"out_heads.n must lie in 1..16, got {self.n}")
+        _check(
+            0.0 < self.draft_sample <= 1.0,
+            f"out_heads.draft_sample must lie in (0, 1], got {self.draft_sample}",
+        )
+        _check(
+            self.draft_sample == 1.0 or self.kind != "block",
+            "out_heads.draft_sample < 1 needs out_heads.kind mlp or linear (a block head "
+            "attends over every position)",
+        )
         _check(
             not self.weights or len(self.weights) == self.n,
             f"out_heads.weights needs {self.n} values (one per head), got {len(self.weights)}",

@@ -330,6 +330,19 @@ class Trainer:
         to = lambda x: x.to(dev, non_blocking=dev.type == "cuda")  # pinned by _host_batch
         return to(ids), None if ends is None else to(ends), n_patches
 
+    def draft_positions(self, micro_step: int) -> torch.Tensor | None:
+        """The window positions where heads 2..K train in micro-batch `micro_step`: a random
+        `out_heads.draft_sample` share of them, a pure function of the seed and the step (as
+        the batch is, so a resumed run draws the same), or None: every position."""
+        if self.cfg.arch != "bytelm":
+            return None
+        h, T = self.cfg.model.out_heads, self.cfg.data.seq_len
+        if h.n == 1 or h.draft_sample == 1.0:
+            return None
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + micro_step)
+        n = max(1, round(h.draft_sample * T))
+        return torch.randperm(T, generator=g)[:n].sort().values.to(self.acc.device)
+
     def _host_batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         """`batch` on the host (pinned on CUDA, so the copy to the device does not wait).
 
@@ -365,25 +378,31 @@ class Trainer:
         return ids, ends, n_patches
 
     def _forward_loss(
-        self, ids: torch.Tensor, ends: torch.Tensor | None = None, n_patches: int | None = None
+        self,
+        ids: torch.Tensor,
+        ends: torch.Tensor | None = None,
+        n_patches: int | None = None,
+        draft_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A micro-batch from `batch` -> (loss, nats per head (K,)): what `train.compile`
         compiles, through the prepared (DDP-wrapped) model. A learned source adds its ratio
         loss, weighted by `patcher.ratio_loss_weight`, and leaves its metrics (STATS, on the
-        device) in `self.routing`."""
+        device) in `self.routing`. `draft_at`: the positions of `draft_positions`."""
         stats = None
         if self.learned:
             pc = self.cfg.model.patcher
-            logits, routing = self.model(ids, ends, n_patches=n_patches, routing=True)
+            logits, routing = self.model(
+                ids, ends, n_patches=n_patches, routing=True, draft_at=draft_at
+            )
             stats = routing_stats(
                 routing, pc.target_bytes_per_patch, self.raw_model.patcher.threshold
             )
         elif self.cfg.arch == "bytelm":
-            logits = self.model(ids, ends, n_patches=n_patches)
+            logits = self.model(ids, ends, n_patches=n_patches, draft_at=draft_at)
         else:
             logits = self.model(ids)
         weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
-        out = multi_head_loss(logits, ids, doc_ids(ids), weights)
+        out = multi_head_loss(logits, ids, doc_ids(ids), weights, draft_at)
         loss = out.loss
         if stats is not None:
             self.routing = stats.detach()
@@ -402,9 +421,10 @@ class Trainer:
         routing = torch.zeros(len(STATS), device=self.acc.device)  # learned source only
         for micro in range(tc.grad_accum):
             args = self.batch(self.step * tc.grad_accum + micro)
+            draft_at = self.draft_positions(self.step * tc.grad_accum + micro)
             sync = micro == tc.grad_accum - 1
             with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
-                loss, per_head = self.forward_loss(*args)
+                loss, per_head = self.forward_loss(*args, draft_at)
             self.acc.backward(loss / tc.grad_accum)
             metrics[0] += loss.detach().float() / tc.grad_accum
             metrics[2:] += per_head.detach().float() / tc.grad_accum

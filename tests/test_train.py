@@ -301,3 +301,27 @@ def test_prefetched_batches_are_the_batches(corpus_dir, tmp_path):
     for a, b in zip(runs[True][0], runs[False][0]):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert runs[True][1] == runs[False][1]
+
+
+def test_sampled_drafts_train_and_resume_exactly(corpus_dir, tmp_path):
+    """out_heads.draft_sample: heads 2..K train at a fresh random share of the positions each
+    micro-batch, drawn from the seed and the step, so a resumed run matches step for step."""
+    sampled = {"model.out_heads.n": "3", "model.out_heads.draft_sample": "0.25"}
+    run = lambda name: Trainer(
+        C.override(
+            tiny_run(corpus_dir, tmp_path / name, steps=6, save_every=3, eval_every=100), sampled
+        )
+    )
+    full = run("full")
+    T = full.cfg.data.seq_len
+    at = [full.draft_positions(i) for i in range(3)]
+    assert all(len(a) == round(0.25 * T) and a.unique().numel() == len(a) for a in at)
+    assert torch.equal(at[0], run("again").draft_positions(0))
+    assert not torch.equal(at[0], at[1])
+    full.fit()
+    part = run("part")
+    part.fit(stop_after=3)
+    resumed = run("part")
+    resumed.fit(resume=True)
+    a, b = [r["loss"] for r in full.history], [r["loss"] for r in resumed.history]
+    assert len(a) == len(b) == 6 and a == pytest.approx(b, rel=1e-6, abs=1e-7)

@@ -25,7 +25,8 @@ ByteLM per byte, at r bytes per patch and seq_len bytes per window:
     latent    (to_latent 2 D G + L_g * block(G, ctx over seq_len / r patches)
                + from_latent 2 G D) / r
     decoder   L_d * block(D, ctx in the decoder window)
-    heads     K blocks (or K - 1 residual maps, see bytelm.model.heads) + K * unembed 2 D V
+    heads     K blocks (or K - 1 residual maps, see bytelm.model.heads) + K * unembed 2 D V;
+              in training, heads 2..K at the out_heads.draft_sample share of the bytes
     router    learned patcher only: W_q h, W_k h 4 D^2 per byte, and the smoothing of the
               latent outputs, one (P x P) . (P x D) matmul per window of P = seq_len / r
               patches: 2 P^2 D / seq_len per byte
@@ -142,12 +143,14 @@ def flops_per_byte(
         patch_doc = None if doc_len is None else doc_len / r
         latent = 4 * D * G + _stack_flops(cfg.latent, n_patches, patch_doc, attention)
         head = _head_flops(cfg, _ctx(cfg.decoder, seq_len, doc_len, attention))
+        # heads 2..K train at a sampled share of positions; inference computes them everywhere
+        share = cfg.out_heads.draft_sample if training else 1.0
         out = {
             "encoder": mult * _stack_flops(cfg.encoder, seq_len, doc_len, attention),
             "pool": mult * pool,
             "latent": mult * latent / r,
             "decoder": mult * _stack_flops(cfg.decoder, seq_len, doc_len, attention),
-            "heads": mult * (head + cfg.out_heads.n * 2 * D * V),
+            "heads": mult * (2 * D * V + share * (head + (cfg.out_heads.n - 1) * 2 * D * V)),
         }
         if cfg.patcher.name == "learned":
             out["router"] = mult * (4 * D * D + 2 * n_patches * n_patches * D / seq_len)

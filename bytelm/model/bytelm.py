@@ -29,7 +29,7 @@ from bytelm.kernels.pooling import pool, unpool
 from bytelm.model.cache import ByteLMCache, prefill
 from bytelm.model.chunking import Routing, confidence, gate, patch_gates, smooth
 from bytelm.model.embed import ByteEmbedding
-from bytelm.model.heads import OutputHeads
+from bytelm.model.heads import OutputHeads, draft_logits
 from bytelm.model.heads import logits as head_logits
 from bytelm.model.layers import Attention, RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
@@ -119,6 +119,7 @@ class ByteLM(nn.Module):
         ends: torch.Tensor | None = None,
         n_patches: int | None = None,
         routing: bool = False,
+        draft_at: torch.Tensor | None = None,
     ):
         """ids (B, T) -> logits (B, T, K, V). `ends` (B, T) bool overrides the patcher.
 
@@ -129,6 +130,9 @@ class ByteLM(nn.Module):
         exact count, read back from the device: this forward's one host sync (a learned
         source always has it: its ends are known only after the encoder).
         `routing`: return (logits, Routing) for a learned source, for the ratio loss.
+        `draft_at` (T',) positions, training only (`out_heads.draft_sample`): logits become
+        (head 1's (B, T, 1, V), heads 2..K's at those positions (B, T', K - 1, V)), as
+        `multi_head_loss` takes them.
         """
         B, T = ids.shape
         backend = self.cfg.attn_backend
@@ -197,8 +201,13 @@ class ByteLM(nn.Module):
 
         # heads
         grad = self.cfg.out_heads.draft_grad
-        y = self.heads(d, self.decoder.mask(docs, pos), backend, grad)  # (B, T, K, D)
-        logits = head_logits(y, self.norm, self.unembed, grad)  # (B, T, K, V)
+        if draft_at is not None and self.heads.n > 1:  # head 1 everywhere, drafts at draft_at
+            first = head_logits(d[:, :, None], self.norm, self.unembed)  # (B, T, 1, V)
+            y = self.heads.drafts(d[:, draft_at], grad)  # (B, T', K - 1, D)
+            logits = first, draft_logits(y, self.norm, self.unembed, grad)
+        else:
+            y = self.heads(d, self.decoder.mask(docs, pos), backend, grad)  # (B, T, K, D)
+            logits = head_logits(y, self.norm, self.unembed, grad)  # (B, T, K, V)
         return (logits, Routing(prob, ends, ids)) if routing else logits
 
     def route(self, ids: torch.Tensor):

@@ -83,6 +83,13 @@ class OutputHeads(nn.ModuleList):
             ys = [d] + [layer(dd) for layer in self]
         return torch.stack(ys, dim=2)  # (B, T, K, D)
 
+    def drafts(self, d: torch.Tensor, draft_grad: bool = True) -> torch.Tensor:
+        """Heads 2..K alone at some positions, d (B, T', D) -> (B, T', K - 1, D): what
+        `forward` gives them there (residual heads only: a block head reads other positions)."""
+        assert self.kind != "block", "drafts at sampled positions need residual heads"
+        dd = d if draft_grad else d.detach()
+        return torch.stack([layer(dd) for layer in self], dim=2)
+
     def step(self, d, spec, kv, first_layer: int, slots, backend, rot, heads: int):
         """The incremental forward of the first `heads` heads: d (B, n, D) -> (B, n, heads, D).
         A block head j reads and extends layer `first_layer + j` of the decoder's cache `kv`."""
@@ -105,5 +112,12 @@ def logits(y: torch.Tensor, norm: RMSNorm, unembed: nn.Linear, draft_grad: bool 
     if draft_grad or y.shape[2] == 1:
         return unembed(norm(y))
     first = unembed(norm(y[:, :, :1]))
-    x = functional_call(norm, {"weight": norm.weight.detach()}, (y[:, :, 1:],))
-    return torch.cat([first, F.linear(x, unembed.weight.detach())], dim=2)
+    return torch.cat([first, draft_logits(y[:, :, 1:], norm, unembed, draft_grad)], dim=2)
+
+
+def draft_logits(y: torch.Tensor, norm: RMSNorm, unembed: nn.Linear, draft_grad: bool = True):
+    """States of draft heads only (..., D) -> logits (..., V), as `logits` treats them."""
+    if draft_grad:
+        return unembed(norm(y))
+    x = functional_call(norm, {"weight": norm.weight.detach()}, (y,))
+    return F.linear(x, unembed.weight.detach())

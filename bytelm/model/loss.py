@@ -34,16 +34,28 @@ def target_mask(ids: torch.Tensor, docs: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def multi_head_loss(
-    logits: torch.Tensor,  # (B, T, K, V)
+    logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor],  # (B, T, K, V)
     ids: torch.Tensor,  # (B, T)
     docs: torch.Tensor,  # (B, T)
     weights: tuple[float, ...] = (),
+    draft_at: torch.Tensor | None = None,  # (T',)
 ) -> HeadLosses:
-    """Mean cross-entropy over heads; head k at position t predicts ids[t + k]."""
+    """Mean cross-entropy over heads; head k at position t predicts ids[t + k].
+
+    With `draft_at`, logits is (head 1's (B, T, 1, V), heads 2..K's (B, T', K - 1, V) at the
+    positions draft_at): each draft head's mean is then over its valid targets there.
+    """
+    drafts = None
+    if draft_at is not None:
+        logits, drafts = logits
     B, T, K, V = logits.shape
+    K += 0 if drafts is None else drafts.shape[2]
     w = torch.tensor(weights or [1.0] * K, dtype=torch.float32, device=logits.device)
     per_head, nats1, count1 = [], None, None
     for k in range(1, K + 1):
+        if drafts is not None and k > 1:
+            per_head.append(_sampled_head_loss(drafts[:, :, k - 2], ids, docs, draft_at, k))
+            continue
         if T <= k:
             per_head.append(logits.new_zeros((), dtype=torch.float32))
             continue
@@ -63,3 +75,14 @@ def multi_head_loss(
     if nats1 is None:
         nats1, count1 = loss.new_zeros(()), torch.zeros((), dtype=torch.long)
     return HeadLosses(loss, per_head.detach(), nats1.detach(), count1.detach())
+
+
+def _sampled_head_loss(logits, ids, docs, at, k: int) -> torch.Tensor:
+    """Mean nats of head k's logits (B, T', V) at positions `at` (T',), under the rule of
+    `target_mask`: the target ids[t + k] exists, is no BOS or PAD, and is in t's document."""
+    T = ids.shape[1]
+    tgt_at = (at + k).clamp(max=T - 1)
+    tgt = ids[:, tgt_at]  # (B, T')
+    valid = (at + k < T) & (tgt != BOS) & (tgt != PAD) & (docs[:, tgt_at] == docs[:, at])
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), reduction="none")
+    return (ce.view_as(valid) * valid).sum() / valid.sum().clamp(min=1)

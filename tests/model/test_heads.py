@@ -171,3 +171,79 @@ def test_residual_drafts_decode_speculatively_as_plain(kind):
     for d in (1, 3):
         spec = generate(model, prompts, 60, temperature=0.0, speculative=True, draft_heads=d)
         assert spec.bytes == plain.bytes, f"{d} draft heads changed the greedy output"
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+@pytest.mark.parametrize("draft_grad", [False, True])
+def test_sampled_drafts_are_the_full_heads_at_those_positions(kind, draft_grad):
+    """draft_at: head 1's logits everywhere and heads 2..K's at the sampled positions equal
+    the full forward's; each draft head's loss is the mean of the full forward's per-position
+    losses over its valid targets there (packed documents and PAD included), and head 1's
+    loss and gradients are untouched."""
+    import torch.nn.functional as F
+
+    from bytelm.model.layers import doc_ids
+    from bytelm.model.loss import multi_head_loss, target_mask
+
+    heads = OutputHeadsConfig(n=4, kind=kind, weights=(1.0, 0.5, 0.25, 0.25), draft_grad=draft_grad)
+    torch.manual_seed(0)
+    model = ByteLM(dataclasses.replace(tiny_bytelm_config(), out_heads=heads))
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.normal_(0, 0.05)
+    ids = packed_text()
+    ids[1, 40:] = PAD
+    docs, T = doc_ids(ids), ids.shape[1]
+    at = torch.tensor([0, 3, 19, 20, 30, 44, 45, 46, 47])  # document edges, the window's end
+    full = model(ids)
+    first, drafts = model(ids, draft_at=at)
+    assert torch.equal(first, full[:, :, :1])
+    assert torch.allclose(drafts, full[:, at, 1:], atol=1e-6)
+
+    out = multi_head_loss((first, drafts), ids, docs, heads.weights, draft_at=at)
+    ref = multi_head_loss(full, ids, docs, heads.weights)
+    assert torch.allclose(out.per_head[0], ref.per_head[0]) and out.nats == ref.nats
+    for k in range(2, 5):
+        ce = F.cross_entropy(
+            full[:, : T - k, k - 1].flatten(0, 1), ids[:, k:].flatten(), reduction="none"
+        )
+        valid = target_mask(ids, docs, k).flatten()
+        pos = torch.arange(T - k).repeat(2)
+        pick = valid & torch.isin(pos, at)
+        assert pick.sum() > 0
+        assert torch.allclose(out.per_head[k - 1], ce[pick].mean(), atol=1e-5), k
+
+    every = multi_head_loss(
+        model(ids, draft_at=torch.arange(T)), ids, docs, heads.weights, draft_at=torch.arange(T)
+    )
+    assert torch.allclose(every.loss, ref.loss, atol=1e-6)
+
+
+def test_draft_sample_needs_residual_heads_and_a_share():
+    with pytest.raises(ValueError, match="^bytelm: out_heads.draft_sample must lie in"):
+        OutputHeadsConfig(draft_sample=0.0)
+    with pytest.raises(ValueError, match="needs out_heads.kind mlp or linear"):
+        OutputHeadsConfig(kind="block", draft_sample=0.5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_training_flops_charge_sampled_drafts_their_share(kind):
+    """Heads 2..K at a quarter of the positions: the heads' measured forward FLOPs with that
+    sample, x 3, are the analytic training count of the heads at draft_sample 0.25."""
+    from tests.evals.test_flops import Counter
+
+    # draft_grad: the drafts' unembedding runs through the module (detached, it is a bare
+    # F.linear that the counter attributes to no module)
+    heads = OutputHeadsConfig(n=4, kind=kind, draft_sample=0.25, draft_grad=True)
+    cfg = dataclasses.replace(lm_cfg(4), out_heads=heads)
+    model = ByteLM(cfg)
+    at = torch.randperm(T)[: T // 4].sort().values
+    with Counter() as c:
+        model(torch.randint(0, 256, (1, T)), draft_at=at)
+    got = 3 * by_stage(c.per_byte(T))["heads"]
+    want = flops_per_byte(cfg, 4, T, training=True, attention="dense")["heads"]
+    assert got == pytest.approx(want, rel=1e-6)
+    full = flops_per_byte(
+        dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=4, kind=kind)), 4, T, training=True
+    )
+    assert want < 0.5 * full["heads"]
