@@ -34,6 +34,8 @@ The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
     lm-4block  lm-1h with 4 heads that are each a transformer block (the design before
                out_heads.kind existed), equal weights
     lm-8det-96 lm-4det-96 with 8 heads (the drafting benchmark's model: `benchmarks.drafting`)
+    lm-8det-96-s25  lm-8det-96 with its draft heads trained at a random quarter of the
+               positions (out_heads.draft_sample = 0.25)
     lm-1h-space / -entropy / -learned   lm-1h with another patcher at about 4 bytes/patch
     lm-1h-k8 / -entropy8 / -learned8    lm-1h at 8 bytes/patch: fixed:8, entropy, learned
     lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
@@ -107,6 +109,7 @@ FAMILIES = {
     "lm-lean-k4": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4},
     "lm-lean-k6": {**LM, **LOCAL(64, 1, 1), "model.latent.n_layers": "2", "model.patcher.name": "fixed", "model.patcher.k": "6"},
     "lm-lean-k8": {**LM, **LOCAL(64, 1, 1), "model.patcher.name": "fixed", "model.patcher.k": "8"},
+    "lm-8det-96-s25": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DET4, "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.25"},
     "lm-1h-96-w256": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(256)},
     "lm-lean-k4-w256": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **WINDOW(256)},
     "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},

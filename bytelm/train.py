@@ -59,6 +59,7 @@ from bytelm.evals.flops import run_size
 from bytelm.kernels.attention import resolve_backend as attention_backend
 from bytelm.kernels.dispatch import resolve_backend as kernel_backend
 from bytelm.model.chunking import STATS, calibrate, routing_stats, routing_warnings
+from bytelm.model.heads import draft_positions
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
 from bytelm.patchers import ends_to_lengths
@@ -331,17 +332,12 @@ class Trainer:
         return to(ids), None if ends is None else to(ends), n_patches
 
     def draft_positions(self, micro_step: int) -> torch.Tensor | None:
-        """The window positions where heads 2..K train in micro-batch `micro_step`: a random
-        `out_heads.draft_sample` share of them, a pure function of the seed and the step (as
-        the batch is, so a resumed run draws the same), or None: every position."""
+        """Where heads 2..K train in micro-batch `micro_step` (`heads.draft_positions`)."""
         if self.cfg.arch != "bytelm":
             return None
-        h, T = self.cfg.model.out_heads, self.cfg.data.seq_len
-        if h.n == 1 or h.draft_sample == 1.0:
-            return None
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + micro_step)
-        n = max(1, round(h.draft_sample * T))
-        return torch.randperm(T, generator=g)[:n].sort().values.to(self.acc.device)
+        c = self.cfg
+        at = draft_positions(c.model.out_heads, c.data.seq_len, c.train.seed, micro_step)
+        return None if at is None else at.to(self.acc.device)
 
     def _host_batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         """`batch` on the host (pinned on CUDA, so the copy to the device does not wait).
@@ -377,17 +373,12 @@ class Trainer:
             ids, ends = ids.pin_memory(), None if ends is None else ends.pin_memory()
         return ids, ends, n_patches
 
-    def _forward_loss(
-        self,
-        ids: torch.Tensor,
-        ends: torch.Tensor | None = None,
-        n_patches: int | None = None,
-        draft_at: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A micro-batch from `batch` -> (loss, nats per head (K,)): what `train.compile`
-        compiles, through the prepared (DDP-wrapped) model. A learned source adds its ratio
-        loss, weighted by `patcher.ratio_loss_weight`, and leaves its metrics (STATS, on the
-        device) in `self.routing`. `draft_at`: the positions of `draft_positions`."""
+    def _forward_loss(self, ids, ends=None, n_patches=None, draft_at=None):
+        """A micro-batch from `batch` (ids (B, T), ends (B, T) or None, P or None) and the
+        positions of `draft_positions` (T',) or None -> (loss, nats per head (K,)): what
+        `train.compile` compiles, through the prepared (DDP-wrapped) model. A learned source
+        adds its ratio loss, weighted by `patcher.ratio_loss_weight`, and leaves its metrics
+        (STATS, on the device) in `self.routing`."""
         stats = None
         if self.learned:
             pc = self.cfg.model.patcher
@@ -420,8 +411,8 @@ class Trainer:
         metrics = torch.zeros(2 + heads, device=self.acc.device)
         routing = torch.zeros(len(STATS), device=self.acc.device)  # learned source only
         for micro in range(tc.grad_accum):
-            args = self.batch(self.step * tc.grad_accum + micro)
-            draft_at = self.draft_positions(self.step * tc.grad_accum + micro)
+            i = self.step * tc.grad_accum + micro
+            args, draft_at = self.batch(i), self.draft_positions(i)
             sync = micro == tc.grad_accum - 1
             with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():
                 loss, per_head = self.forward_loss(*args, draft_at)

@@ -105,6 +105,19 @@ class OutputHeads(nn.ModuleList):
         return torch.stack(ys, dim=2)
 
 
+def draft_positions(
+    cfg: OutputHeadsConfig, seq_len: int, seed: int, step: int
+) -> torch.Tensor | None:
+    """The window positions (T',) at which heads 2..K train in micro-batch `step`: a random
+    `draft_sample` share of them, a pure function of the seed and the step (as the batch is,
+    so a resumed run draws the same), or None: every position."""
+    if cfg.n == 1 or cfg.draft_sample == 1.0:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    n = max(1, round(cfg.draft_sample * seq_len))
+    return torch.randperm(seq_len, generator=g)[:n].sort().values
+
+
 def logits(y: torch.Tensor, norm: RMSNorm, unembed: nn.Linear, draft_grad: bool = True):
     """Per-head states y (B, T, K, D) -> logits (B, T, K, V) through the shared norm and
     unembedding. `draft_grad=False`: heads 2..K use them as constants (detached weights), so
