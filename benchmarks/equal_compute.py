@@ -61,7 +61,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine, markdown_table
+from benchmarks.common import RESULTS, machine, markdown_table, write_results
 
 RUNS_FILE = RESULTS / "equal_compute_runs.jsonl"
 LOCAL = lambda d, enc, dec: {
@@ -114,6 +114,7 @@ FAMILIES = {
     "lm-lean-k4-w256": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **WINDOW(256)},
     "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
+    "lm-lean-k4-do2": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.2)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
 }  # fmt: skip
 SMALL_BUDGET = [
@@ -217,6 +218,43 @@ def train_flops_per_byte(cfg, job: dict, r: float | None = None) -> float:
     return flops_per_byte(cfg.model, r, cfg.data.seq_len, entropy_model=ent)["total"]
 
 
+def family_config(name: str, over: dict):
+    """The RunConfig of family `name` (COMMON and the family's keys on the `demo` preset, or
+    on the `entropy` one for a flat model), with `over` on top."""
+    from bytelm import config as C
+
+    over = {**COMMON, **FAMILIES[name], **over}
+    preset = C.load_preset("demo")
+    if over.get("arch") == "transformer":
+        preset = C.override(C.load_preset("entropy"), {"transformer.attn_heads": "4"})
+    return C.override(preset, {k: v for k, v in over.items() if k != "arch"})
+
+
+def step_cost(args) -> None:
+    """CPU seconds per training step of each family, one after another in one process with
+    one torch thread: the ratios are what the CPU budgets buy."""
+    import torch
+
+    from bytelm.demo import cpu_per_step
+
+    torch.set_num_threads(1)
+    rows = []
+    for name in [n for n in args.only.split(",") if n]:
+        if "entropy" in name:
+            raise SystemExit(f"bytelm: --step-cost needs no entropy model; drop {name}")
+        cfg = family_config(name, {**data_overrides(args), "train.out_dir": f"/tmp/step_cost/{name}",
+                                   "train.prefetch": "false"})  # fmt: skip
+        rows.append({"family": name, "CPU-s/step": cpu_per_step(cfg, n=args.step_cost)})
+        print(rows[-1], flush=True)
+    base = rows[0]["CPU-s/step"]
+    for r in rows:
+        r["vs first"] = r["CPU-s/step"] / base
+    write_results("equal_compute_step_cost", rows, "CPU cost of a training step per family",
+                  f"{args.step_cost} steps each after a warm-up one, seq 256, batch 16, one "
+                  f"torch thread, one process.\n\n    python -m benchmarks.equal_compute "
+                  f"--step-cost {args.step_cost} --only {args.only}")  # fmt: skip
+
+
 def run_one(job: dict) -> dict:
     """One training run in its own process with one torch thread."""
     import torch
@@ -228,16 +266,13 @@ def run_one(job: dict) -> dict:
     from bytelm.train import Trainer
     from bytelm.vocab import PAD
 
-    over = {**COMMON, **job["data"], **FAMILIES[job["name"]], "train.seed": str(job["seed"])}
-    if "entropy" in job["name"]:
-        over["model.patcher.entropy_model"] = job["entropy_model"]
     tag = "f" if job.get("kind") == "tflops" else "b"
     out = Path(job["runs"]) / f"{job['name']}-{tag}{job['budget']}-s{job['seed']}"
-    over.update({"train.out_dir": str(out), "train.eval_bytes": str(job["eval_bytes"])})
-    preset = C.load_preset("demo")
-    if over.get("arch") == "transformer":
-        preset = C.override(C.load_preset("entropy"), {"transformer.attn_heads": "4"})
-    cfg = C.override(preset, {k: v for k, v in over.items() if k != "arch"})
+    cfg = family_config(job["name"], {
+        **job["data"], "train.seed": str(job["seed"]), "train.out_dir": str(out),
+        "train.eval_bytes": str(job["eval_bytes"]),
+        **({"model.patcher.entropy_model": job["entropy_model"]} if "entropy" in job["name"] else {}),
+    })  # fmt: skip
 
     if job.get("kind") == "tflops":  # analytic: FLOPs per byte at the nominal bytes per patch
         steps = max(20, int(job["budget"] * 1e12 / (train_flops_per_byte(cfg, job)
@@ -309,12 +344,16 @@ def main(argv=None):
     ap.add_argument("--eval-bytes", type=int, default=131072)
     ap.add_argument("--runs", default="runs/equal_compute")
     ap.add_argument("--report", action="store_true", help="only write the tables and plot")
+    ap.add_argument("--step-cost", type=int, default=0, metavar="N",
+                    help="only time N training steps of each --only family (CPU s/step)")  # fmt: skip
     ap.add_argument("--runs-file", default="", help="where run rows go (default: results)")
     args = ap.parse_args(argv)
     global RUNS_FILE
     RUNS_FILE = Path(args.runs_file) if args.runs_file else RUNS_FILE
     if args.report:
         return report()
+    if args.step_cost:
+        return step_cost(args)
     name = corpus_name(args.data)
     runs = Path(args.runs) / name
     kind = "tflops" if args.flops else "cpu"
