@@ -36,12 +36,13 @@ def test_checkpoint_configs_with_old_keys_are_upgraded():
 
 def test_checkpoint_configs_from_before_head_kinds_keep_block_heads():
     """Output heads were all transformer blocks trained with every head's loss before
-    out_heads.kind and draft_grad existed: an older config means that, whatever the defaults."""
+    out_heads.kind, draft_grad and draft_sample existed: an older config means that, whatever
+    the defaults."""
     d = C.to_dict(C.load_preset("tiny"))
-    for key in ("kind", "draft_grad"):
+    for key in ("kind", "draft_grad", "draft_sample"):
         d["model"]["out_heads"].pop(key)
     heads = C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)).model.out_heads
-    assert (heads.kind, heads.draft_grad) == ("block", True)
+    assert (heads.kind, heads.draft_grad, heads.draft_sample) == ("block", True, 1.0)
     # a key that is there is kept
     d["model"]["out_heads"]["kind"] = "linear"
     assert C.from_dict(C.RunConfig, C.upgrade(C.RunConfig, d)).model.out_heads.kind == "linear"

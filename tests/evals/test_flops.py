@@ -110,9 +110,10 @@ def lm_cfg(k: int, pooling: str = "mean", latent_window: int = 0) -> ByteLMConfi
         encoder=local,
         latent=TransformerConfig(dim=48, n_layers=2, attn_heads=2, window=latent_window),
         decoder=replace(local, window=24),
-        # draft heads trained on every loss: the analytic count is exact then (with
-        # draft_grad false it is a close upper bound, tests/model/test_heads.py)
-        out_heads=OutputHeadsConfig(n=2, draft_grad=True),
+        # draft heads trained on every loss, at every position (as `measure` runs them): the
+        # analytic count is exact then (with draft_grad false it is a close upper bound, and
+        # sampled drafts are charged their share: tests/model/test_heads.py)
+        out_heads=OutputHeadsConfig(n=2, draft_grad=True, draft_sample=1.0),
         patcher=PatcherConfig(name="fixed", k=k),
         pooling=pooling,
     )

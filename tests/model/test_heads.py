@@ -73,7 +73,7 @@ def test_residual_heads_start_as_copies_of_head_one(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_counts_are_exact(kind):
-    heads = OutputHeadsConfig(n=3, kind=kind, draft_grad=True)
+    heads = OutputHeadsConfig(n=3, kind=kind, draft_grad=True, draft_sample=1.0)
     cfg = dataclasses.replace(lm_cfg(4), out_heads=heads)
     model = ByteLM(cfg)
     table = lambda m: sum(p.numel() for p in m.parameters())
@@ -152,7 +152,8 @@ def test_draft_losses_can_leave_the_trunk_alone(kind):
 def test_training_flops_of_detached_drafts_are_a_close_upper_bound(kind):
     """draft_grad=False skips the drafts' input and unembedding-weight gradients, which the
     analytic count (3x the forward) still charges: an upper bound, a few percent high."""
-    cfg = dataclasses.replace(lm_cfg(4), out_heads=OutputHeadsConfig(n=3, kind=kind))
+    heads = OutputHeadsConfig(n=3, kind=kind, draft_sample=1.0)  # `measure`: every position
+    cfg = dataclasses.replace(lm_cfg(4), out_heads=heads)
     assert not cfg.out_heads.draft_grad
     _, train = measure(ByteLM(cfg), torch.randint(0, 256, (1, T)))
     want = flops_per_byte(cfg, 4, T, training=True, attention="dense")["total"]
@@ -220,6 +221,8 @@ def test_sampled_drafts_are_the_full_heads_at_those_positions(kind, draft_grad):
 
 
 def test_draft_sample_needs_residual_heads_and_a_share():
+    assert OutputHeadsConfig().draft_sample == 0.25  # unset: a quarter for residual heads
+    assert OutputHeadsConfig(kind="block").draft_sample == 1.0  # and every position for blocks
     with pytest.raises(ValueError, match="^bytelm: out_heads.draft_sample must lie in"):
         OutputHeadsConfig(draft_sample=0.0)
     with pytest.raises(ValueError, match="needs out_heads.kind mlp or linear"):
@@ -244,6 +247,9 @@ def test_training_flops_charge_sampled_drafts_their_share(kind):
     want = flops_per_byte(cfg, 4, T, training=True, attention="dense")["heads"]
     assert got == pytest.approx(want, rel=1e-6)
     full = flops_per_byte(
-        dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=4, kind=kind)), 4, T, training=True
+        dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=4, kind=kind, draft_sample=1.0)),
+        4,
+        T,
+        training=True,
     )
     assert want < 0.5 * full["heads"]
