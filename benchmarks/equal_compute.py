@@ -18,7 +18,8 @@ the held-out split. Runs with several output heads also report the teacher-force
 per forward pass of self-speculative decoding on the same bytes: 1 + the number of leading
 draft heads (2, 3, ...) whose greedy byte equals the true one.
 
-The families (all seq 256, batch 16, lr 3e-3, the `demo` preset otherwise):
+The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every position, the
+`demo` preset otherwise):
 
     flat-*     ByteTransformer at four sizes (width x layers)
     lm-1h      ByteLM, local 128 (encoder 1 layer, decoder 2), latent 256 x 4, fixed:4, one
@@ -129,6 +130,7 @@ SMALL_BUDGET = [
 COMMON = {
     "data.seq_len": "256", "data.batch_size": "16", "train.lr": "3e-3", "train.warmup_steps": "30",
     "train.progress": "false", "train.keep_checkpoints": "1", "train.compile": "off",
+    "model.out_heads.draft_sample": "1",  # the families as first run; -s25 samples
 }  # fmt: skip
 
 
