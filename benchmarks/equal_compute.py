@@ -457,7 +457,20 @@ NOTES = """Read with care:
   the wider lm-1h-96 is behind there, 2.117 against 1.997), and -0.05 at 20 CPU-minutes
   (flat 96 x 3 1.630 with 51.5 TFLOPs, lm-1h-96 1.680 with 69 TFLOPs, lm-lean-k4 1.709 with
   57 TFLOPs). The hashed n-gram embeddings learn local statistics fast; more compute lets
-  the flat model catch up and pass. One seed at 20 CPU-minutes and 12 TFLOPs.
+  the flat model catch up and pass.
+- The two seeds at 20 CPU-minutes on stdlib ran on two days whose machine differed in speed
+  by 1.6x (a flat 96 x 3 step took 0.25 CPU-s on the first, 0.40 on the second:
+  `equal_compute_step_cost.md`), so they are two budgets, not two seeds, and the summary
+  line's means over seeds mix them; read the rows. Seed 0 (the faster day): flat 1.630 at
+  4,864 steps, lm-1h-96 1.680 at 2,336: behind by 0.05. Seed 1 (the slower day, about 12
+  of the faster day's CPU-minutes): flat 1.822 at 2,941 steps, lm-1h-96 1.796 at 1,333:
+  ahead by 0.026; lm-1h-96-w256 (seed 0, that day) 1.757 at 1,570 steps, ahead by 0.065,
+  though its lead over lm-1h-96 comes with 18% more steps from its probe (their steps cost
+  the same, 0.867 and 0.874 CPU-s), so the window's share of it is not known; and the
+  8-head lm-8det-96-s25 (seed 0, that day) 1.780 at 1,440 steps: head 1 as good as the
+  one-head model's (0.016 ahead), 0.042 ahead of the flat model, with 2.11 teacher-forced
+  bytes per forward (2.12 for lm-8det-96, whose drafts train at every position and whose
+  step costs 1.56x a one-head one's, against 1.05x).
 - tinyshakespeare is too small for 20 CPU-minutes of an unregularised ByteLM: lm-1h-96
   trains ~9 epochs of its 1 MB, ends at a training loss of 0.61 nats per byte (0.88 bits)
   and 3.435 held-out bpb, where the flat 96 x 3 (17 epochs, 0.36M non-embedding parameters
