@@ -4,6 +4,8 @@
     python -m benchmarks.equal_compute --data ../shared/data/tinyshakespeare.txt --split tail
     python -m benchmarks.equal_compute --data stdlib --seeds 1 --only flat-128x4,lm-1h   # 2nd seed
     python -m benchmarks.equal_compute --data stdlib --flops 12 --only flat-96x3,lm-lean-k6
+    python -m benchmarks.equal_compute --data stdlib --flops 40 --only flat-96x3,lm-lean-k4
+    python -m benchmarks.equal_compute --step-cost 6 --only lm-1h-96,lm-8det-96,flat-96x3
     python -m benchmarks.equal_compute --report        # tables and plot from what has run
 
 Every run gets a budget in CPU-minutes of one thread (`time.process_time`, one torch thread
@@ -457,7 +459,9 @@ NOTES = """Read with care:
   the wider lm-1h-96 is behind there, 2.117 against 1.997), and -0.05 at 20 CPU-minutes
   (flat 96 x 3 1.630 with 51.5 TFLOPs, lm-1h-96 1.680 with 69 TFLOPs, lm-lean-k4 1.709 with
   57 TFLOPs). The hashed n-gram embeddings learn local statistics fast; more compute lets
-  the flat model catch up and pass.
+  the flat model catch up and pass. At equal training FLOPs the same: the lean ByteLM's lead
+  of 0.04 at 12 TFLOPs (0.11 over flat 96 x 3) is a tie at 40 (lm-lean-k4 1.751 at 3,400
+  steps, flat 96 x 3 1.745 at 3,779: behind by 0.007).
 - The two seeds at 20 CPU-minutes on stdlib ran on two days whose machine differed in speed
   by 1.6x (a flat 96 x 3 step took 0.25 CPU-s on the first, 0.40 on the second:
   `equal_compute_step_cost.md`), so they are two budgets, not two seeds, and the summary
