@@ -141,7 +141,7 @@ class Block(nn.Module):
 
     def _drop(self, y: torch.Tensor) -> torch.Tensor:
         """Residual dropout, in training only (`step` is inference and never drops)."""
-        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+        return F.dropout(y, self.dropout, self.training) if self.dropout else y
 
     def step(self, x, spec, k_cache, v_cache, slots, backend="sdpa", rot=None) -> torch.Tensor:
         """The incremental forward: x (B, n, D) at new positions, see `Attention.step`."""

@@ -29,8 +29,12 @@ def target_mask(ids: torch.Tensor, docs: torch.Tensor, k: int) -> torch.Tensor:
     BOS and PAD are never predicted; EOS is. A target in the next document is
     not predicted either: documents are independent.
     """
-    tgt = ids[:, k:]
-    return (tgt != BOS) & (tgt != PAD) & (docs[:, k:] == docs[:, :-k])
+    return _predictable(ids[:, k:], docs[:, k:], docs[:, :-k])
+
+
+def _predictable(tgt, tgt_docs, src_docs) -> torch.Tensor:
+    """The rule of `target_mask` for targets gathered any way: no BOS or PAD, same document."""
+    return (tgt != BOS) & (tgt != PAD) & (tgt_docs == src_docs)
 
 
 def multi_head_loss(
@@ -83,6 +87,6 @@ def _sampled_head_loss(logits, ids, docs, at, k: int) -> torch.Tensor:
     T = ids.shape[1]
     tgt_at = (at + k).clamp(max=T - 1)
     tgt = ids[:, tgt_at]  # (B, T')
-    valid = (at + k < T) & (tgt != BOS) & (tgt != PAD) & (docs[:, tgt_at] == docs[:, at])
+    valid = (at + k < T) & _predictable(tgt, docs[:, tgt_at], docs[:, at])
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), reduction="none")
     return (ce.view_as(valid) * valid).sum() / valid.sum().clamp(min=1)
