@@ -46,7 +46,7 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
                fixed:6, 256 x 4 at fixed:8; one head
     *-w256     with local attention windows of 256 bytes (the demo preset's are 64): the
                whole training window, as the flat models see it, at no extra CPU time here
-    *-do / -do2  with residual dropout 0.1 / 0.2 in every stack and, for a ByteLM, on the
+    *-do / -do2 / -do3  with residual dropout 0.1 / 0.2 / 0.3 in every stack and, for a ByteLM, on the
                n-gram lookups (model.ngram.dropout): for many epochs of a small corpus
 
 Results append to benchmarks/results/equal_compute_runs.jsonl (a rerun skips what is
@@ -119,6 +119,7 @@ FAMILIES = {
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
     "lm-lean-k4-do2": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.2)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
+    "lm-lean-k4-do3": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.3)},
 }  # fmt: skip
 SMALL_BUDGET = [
     "flat-96x3",

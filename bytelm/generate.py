@@ -17,6 +17,14 @@ pass emits between 1 and D+1 bytes. Greedy output is identical to plain greedy
 decoding; sampled output has the same distribution as plain sampling (lossless
 rejection sampling against the drafts' own distributions q).
 
+A verify block stays inside one patch (`decode(..., until_close=True)`): it stops before
+the first draft that would close a patch, and the byte sampled after it may close it. The
+latent transformer then steps only in a block whose first byte (already accepted) closes
+a patch: once per patch, as in plain decoding. `cross_patches=True` verifies every draft,
+across patch ends, which gets more bytes per forward pass but steps the latent for
+patches whose closing draft may be rejected (on the CPU it costs more than it gains:
+`benchmarks/results/drafting_*.md`).
+
 Sampling: temperature 0 is greedy. Top-k and top-p act on the tempered
 distribution. BOS and PAD are never generated; EOS ends a row and is not part
 of its bytes. A stop string ends a row and is kept in its bytes.
@@ -43,6 +51,7 @@ class GenerationConfig:
     top_p: float = 1.0  # keep the smallest set with this much probability; 1 = all
     speculative: bool = False
     draft_heads: int = 0  # bytes drafted per forward pass; 0 = every extra head (K - 1)
+    cross_patches: bool = False  # a verify block may run past the open patch (see `generate`)
     seed: int = 0
     stop: tuple[bytes, ...] = ()  # a row stops after any of these byte strings
 
@@ -174,6 +183,7 @@ def generate(
     seed: int = GenerationConfig.seed,
     draft_heads: int = GenerationConfig.draft_heads,
     stop: bytes | str | Sequence[bytes | str] = GenerationConfig.stop,
+    cross_patches: bool = GenerationConfig.cross_patches,
     stream: bool = False,
     max_len: int | None = None,
     max_step: int = 64,
@@ -194,8 +204,9 @@ def generate(
     on CUDA); the first calls pay the compilation.
     """
     cfg = GenerationConfig(
-        max_new_bytes, temperature, top_k, top_p, speculative, draft_heads, seed, stop
-    )
+        max_new_bytes, temperature, top_k, top_p, speculative, draft_heads, cross_patches, seed,
+        stop,
+    )  # fmt: skip
     batched = not isinstance(prompt_bytes, (bytes, bytearray, str))
     prompts = list(prompt_bytes) if batched else [prompt_bytes]
     prompts = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in prompts]
@@ -295,6 +306,19 @@ class _Rows:
         self.done = self.done | ended
 
 
+def _unverified(drafts, q, u_accept, n: torch.Tensor):
+    """Make the verify step stop after the first n[r] (B,) drafts of row r, as if the row had
+    drafted only those: a later draft becomes BOS, which no target distribution allows, with
+    draft probability 0 and u_accept 1, so it is rejected. (Whether a draft is verified
+    depends only on the drafts before it, so the output stays lossless.)"""
+    cut = torch.arange(drafts.shape[1], device=drafts.device) >= n[:, None]  # (B, D)
+    drafts = torch.where(cut, BOS, drafts)
+    if q is not None:
+        q = q.masked_fill(cut[..., None], 0.0)
+        u_accept = u_accept.masked_fill(cut, 1.0)
+    return drafts, q, u_accept
+
+
 @torch.no_grad()
 def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, compile=False):
     """Yields, at each host sync, the new bytes of every row since the last; returns a
@@ -378,14 +402,27 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
         u_sample = torch.rand(B, generator=g, device=dev) if T > 0 else None
 
         # verify: one forward pass over [nxt, drafts], then keep the accepted prefix
-        logits = model.decode(torch.cat([nxt[:, None], drafts], 1), cache)  # (B, 1+D, 1+D, V)
+        block = torch.cat([nxt[:, None], drafts], 1)
+        if cfg.cross_patches:
+            logits, lim = model.decode(block, cache), None  # (B, 1+D, 1+D, V)
+        else:  # decoded up to the first draft that closes a patch: verify up to it
+            logits, n_used = model.decode(block, cache, until_close=True)
+            lim = n_used.clamp(max=D)
+            drafts, q, u_accept = _unverified(drafts, q, u_accept, lim)
         target = filter_logits(logits[:, :, 0], T, cfg.top_k, cfg.top_p)  # (B, 1+D, V)
         acc, nxt = verify(drafts, q, target, T, u_accept, u_sample)
+        on = active[:, None]
+        tried = (acc + 1).clamp(max=D if lim is None else lim)
+        drafted += (on & (heads < tried[:, None])).sum(0)
+        accepted += (on & (heads < acc[:, None])).sum(0)
+        if lim is not None:  # a row that accepted a closing draft has no byte after it
+            # decoded: that draft is its next block's first byte, as if drawn after the one
+            # before it (its last decoded byte, whose heads draft the next block)
+            whole = acc == n_used
+            acc = torch.where(whole, acc - 1, acc)
+            nxt = torch.where(whole, drafts.gather(1, acc.clamp(max=D - 1)[:, None])[:, 0], nxt)
         cache.rollback(torch.where(active, acc + 1, 0))
         last = logits[rows, acc]  # (B, 1+D, V) every head at the last kept byte
-        on = active[:, None]
-        drafted += (on & (heads < (acc + 1).clamp(max=D)[:, None])).sum(0)
-        accepted += (on & (heads < acc[:, None])).sum(0)
         new = torch.cat([drafts, nxt[:, None]], 1).scatter(1, acc[:, None], nxt[:, None])
         out.emit(new, acc + 1)
     chunks, _ = flush()

@@ -64,13 +64,17 @@ def test_cached_decoding_equals_full_recomputation(patcher, request):
     assert spec.bytes == generate(model, [b"the cat sat. ", b"x"], n, 0.0).bytes
 
 
-def test_speculative_greedy_is_identical_to_plain_greedy():
+@pytest.mark.parametrize("cross", [False, True])
+def test_speculative_greedy_is_identical_to_plain_greedy(cross):
     model = tiny_model("space", heads=4)
     plain = generate(model, PROMPTS, 210, temperature=0.0)
     assert plain.stats.bytes_per_forward == 1.0
     assert plain.stats.forward_passes == 210
     for d in (1, 2, 3):
-        spec = generate(model, PROMPTS, 210, temperature=0.0, speculative=True, draft_heads=d)
+        spec = generate(
+            model, PROMPTS, 210, temperature=0.0, speculative=True, draft_heads=d,
+            cross_patches=cross,
+        )  # fmt: skip
         assert spec.bytes == plain.bytes, f"{d} draft heads changed the greedy output"
         rates = spec.stats.accept_rate
         assert len(rates) == d and 0.05 < rates[0] < 0.95, "drafts must be accepted and rejected"
@@ -150,10 +154,11 @@ def test_speculative_sampling_has_the_distribution_of_plain_sampling(monkeypatch
     run = functools.partial(sampled_chi2, model, prompt, probs, N, n, T, K)
 
     plain, _ = run()
-    spec, stats = run(speculative=True)
     assert plain < threshold, f"plain sampling: chi2 {plain:.1f} >= {threshold:.1f}"
-    assert spec < threshold, f"speculative sampling: chi2 {spec:.1f} >= {threshold:.1f}"
-    assert 0.1 < stats.accept_rate[0] < 0.9, "the test needs both acceptances and rejections"
+    for cross in (False, True):  # verify blocks that stop at patch ends, and that cross them
+        spec, stats = run(speculative=True, cross_patches=cross)
+        assert spec < threshold, f"speculative ({cross=}): chi2 {spec:.1f} >= {threshold:.1f}"
+        assert 0.1 < stats.accept_rate[0] < 0.9, "the test needs acceptances and rejections"
 
     monkeypatch.setattr(verify_mod, "verify", verify_resampling_from_p)
     biased, _ = run(speculative=True)
@@ -187,11 +192,12 @@ class EndsAt(ByteLM):
 
     end_at: torch.Tensor
 
-    def decode(self, ids, cache, n_valid=None):
+    def decode(self, ids, cache, n_valid=None, until_close=False):
         pos = cache.length[:, None] + torch.arange(ids.shape[1])
-        logits = super().decode(ids, cache, n_valid)
+        out = super().decode(ids, cache, n_valid, until_close)
+        logits = out[0] if until_close else out
         logits[..., 0, EOS] += 1e4 * (pos >= self.end_at[:, None])
-        return logits
+        return out
 
 
 def test_eos_ends_a_row():
@@ -268,11 +274,12 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_generate_streams_raw_bytes(checkpoint, capsysbinary):
     args = ["generate", checkpoint, "--prompt", "ab", "--max-bytes", "40", "--temperature", "0"]
-    assert main(args + ["--speculative", "--draft-heads", "2"]) == 0
-    out, err = capsysbinary.readouterr()
     model, _ = bytelm.load_model(checkpoint)
-    assert out == generate(model, b"ab", 40, 0.0).bytes  # raw bytes, invalid UTF-8 included
-    assert b"bytes per forward pass" in err and b"acceptance per draft head" in err
+    for extra in ([], ["--cross-patches"]):
+        assert main(args + ["--speculative", "--draft-heads", "2", *extra]) == 0
+        out, err = capsysbinary.readouterr()
+        assert out == generate(model, b"ab", 40, 0.0).bytes  # raw bytes, invalid UTF-8 too
+        assert b"bytes per forward pass" in err and b"acceptance per draft head" in err
 
 
 def test_cli_prompt_from_stdin(checkpoint, capsysbinary, monkeypatch):

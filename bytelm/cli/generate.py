@@ -21,6 +21,7 @@ def cmd_generate(args, overrides) -> int:
         "seed": args.seed,
         "speculative": args.speculative or (args.draft_heads is not None) or None,
         "draft_heads": args.draft_heads,
+        "cross_patches": args.cross_patches,
         "stop": args.stop and tuple(codecs.escape_decode(s.encode())[0] for s in args.stop),
     }
     cfg = GenerationConfig(**{k: v for k, v in given.items() if v is not None})
@@ -66,6 +67,13 @@ def add_parsers(sub) -> None:
         "--draft-heads",
         type=int,
         help="bytes drafted per forward pass, implies --speculative (default: every extra head)",
+    )
+    p.add_argument(
+        "--cross-patches",
+        action="store_true",
+        default=None,
+        help="speculative: verify drafts across patch ends too (default: a verify block stops "
+        "at the end of its patch, so the latent steps once per patch)",
     )
     p.add_argument(
         "--stop",

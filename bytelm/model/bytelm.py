@@ -36,9 +36,11 @@ from bytelm.model.loss import HeadLosses, multi_head_loss
 from bytelm.patchers import (
     BoundarySource,
     ends_to_lengths,
+    first_close,
     lengths_to_ids,
     lengths_to_offsets,
     make_patcher,
+    only_first,
 )
 from bytelm.vocab import PAD, VOCAB_SIZE
 
@@ -250,8 +252,12 @@ class ByteLM(nn.Module):
 
     @torch.no_grad()
     def decode(
-        self, ids: torch.Tensor, cache: ByteLMCache, n_valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        ids: torch.Tensor,
+        cache: ByteLMCache,
+        n_valid: torch.Tensor | None = None,
+        until_close: bool = False,
+    ):
         """Feed n new bytes per row, ids (B, n) -> logits (B, n, heads, V) at those positions.
 
         Equal to `forward` on the whole text so far. The bytes are encoded, the
@@ -267,23 +273,36 @@ class ByteLM(nn.Module):
         read back from the device and every call of n bytes has the same shapes (what
         `torch.compile` and CUDA graphs need). The default step reads back how many
         patches close (one host sync) and steps only those, which is faster in eager mode.
+
+        `until_close` (a speculative verify block): decode each row's bytes only up to, not
+        including, the first byte after byte 0 that closes a patch, and return (logits,
+        n_used (B,)), the number of bytes decoded per row; logits at positions >= n_used are
+        garbage. The latent then steps at most once per row, for the patch byte 0 closes (a
+        byte already accepted), never for a patch closed by a draft that may be rejected.
+        The cache keeps at most n_used bytes: the next call (or `rollback`) drops the rest.
         """
         pos, docs = cache.begin(ids)  # (B, n) absolute positions and documents
-        logits, ends = cache.step_fn(self, prefill=n_valid is not None)(ids, cache, pos, docs)
-        cache.advance(docs, ends)
+        step = cache.step_fn(self, prefill=n_valid is not None)
+        logits, ends = step(ids, cache, pos, docs, until_close)
+        n_used = None
+        if until_close:  # the bytes after the first later close were decoded without it
+            n_used, ends = first_close(ends), only_first(ends)
+        cache.advance(docs, ends, n_used)
         if n_valid is not None:
             cache.rollback(n_valid)
-        return logits
+        return logits if n_used is None else (logits, n_used)
 
-    def _decode_fixed(self, ids, cache, pos, docs):
+    def _decode_fixed(self, ids, cache, pos, docs, until_close: bool = False):
         """The fixed-shape step (what `compile` compiles): see `decode`."""
-        return self._decode_step(ids, cache, pos, docs, fixed=True)
+        return self._decode_step(ids, cache, pos, docs, until_close, fixed=True)
 
-    def _decode_step(self, ids, cache, pos, docs, fixed: bool = False):
-        """One decode call's work on the device -> (logits (B, n, heads, V), ends (B, n))."""
+    def _decode_step(self, ids, cache, pos, docs, until_close: bool = False, fixed: bool = False):
+        """One decode call's work on the device -> (logits (B, n, heads, V), ends (B, n)).
+        `until_close`: pool, latent and decoder see only byte 0's patch end (see `decode`)."""
         h, ends, prob = self._encode_step(ids, cache, pos, docs)
-        self._latent_part(cache, pos, ends, prob, fixed)
-        return self._decode_tail(h, ends, cache, pos, docs), ends
+        used = only_first(ends) if until_close else ends
+        self._latent_part(cache, pos, used, prob, fixed)
+        return self._decode_tail(h, used, cache, pos, docs), ends
 
     def _encode_step(self, ids, cache, pos, docs):
         """Patcher, embedding, encoder and router of a decode call -> encoder states h

@@ -191,6 +191,7 @@ class _CallRecord:
     n_patches: torch.Tensor | None = None
     patch_start: torch.Tensor | None = None
     patcher_state: PatcherState | None = None
+    limit: torch.Tensor | None = None  # (B,) bytes decoded (`until_close`); the rest must go
 
 
 class _Pointers:
@@ -353,14 +354,18 @@ class ByteLMCache(_Pointers):
         return self.ring_ids.shape[1]
 
     def begin(self, ids: torch.Tensor):
+        if self.last is not None and self.last.limit is not None:
+            self.rollback(self.last.limit)  # an `until_close` call's undecoded bytes
         pos, docs = self._begin(ids)
         self.last.n_patches, self.last.patch_start = self.n_patches, self.patch_start
         self.last.patcher_state = snapshot_state(self.patcher_state, self.functional_state)
         return pos, docs
 
-    def advance(self, docs: torch.Tensor, ends: torch.Tensor) -> None:
-        """After a call over new bytes with patch ends `ends` (B, n)."""
-        self.last.ends = ends
+    def advance(self, docs: torch.Tensor, ends: torch.Tensor, limit=None) -> None:
+        """After a call over new bytes with patch ends `ends` (B, n); `limit` (B,): only
+        each row's first limit[r] bytes were decoded, the rest are dropped by the next
+        `rollback` or call."""
+        self.last.ends, self.last.limit = ends, limit
         self.n_patches, self.patch_start = _after(
             self.last.length, self.n_patches, self.patch_start, ends
         )
@@ -376,6 +381,9 @@ class ByteLMCache(_Pointers):
         snapshot over the kept bytes (a learned router reads their encoder
         states, and the one before them, from the ring: it keeps no vector).
         """
+        if self.last is not None and self.last.limit is not None:
+            keep = torch.minimum(keep.to(self.last.limit.device).long(), self.last.limit)
+            self.last.limit = None
         r = self._rollback_pointers(keep)
         n = r.ids.shape[1]
         keep = self.length - r.length

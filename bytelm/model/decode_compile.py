@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import torch
 
+from bytelm.patchers import only_first
+
 
 def compiled_step(model):
-    """The compiled step of a model -> fn(ids, cache, pos, docs) -> (logits, ends), made once
+    """The compiled step of a model -> fn(ids, cache, pos, docs, until_close) -> (logits, ends), made once
     per model and kept on it (not a submodule)."""
     fn = model.__dict__.get("_compiled_decode")
     if fn is None:
@@ -35,10 +37,11 @@ def compiled_step(model):
             encode = torch.compile(model._encode_step, dynamic=False)
             tail = torch.compile(model._decode_tail, dynamic=False)
 
-            def fn(ids, cache, pos, docs):
+            def fn(ids, cache, pos, docs, until_close=False):
                 h, ends, prob = encode(ids, cache, pos, docs)
-                model._latent_part(cache, pos, ends, prob, fixed=False)
-                return tail(h, ends, cache, pos, docs), ends
+                used = only_first(ends) if until_close else ends
+                model._latent_part(cache, pos, used, prob, fixed=False)
+                return tail(h, used, cache, pos, docs), ends
 
         model.__dict__["_compiled_decode"] = fn
     return fn
@@ -56,13 +59,13 @@ def prepare_cache(cache) -> None:
             mark(t)
 
 
-def run_compiled(model, ids, cache, pos, docs):
+def run_compiled(model, ids, cache, pos, docs, until_close=False):
     """One compiled decode step -> (logits, ends), outside the graph's memory on CUDA."""
     fn = compiled_step(model)
     if ids.device.type != "cuda":
-        return fn(ids, cache, pos, docs)
+        return fn(ids, cache, pos, docs, until_close)
     torch.compiler.cudagraph_mark_step_begin()
-    logits, ends = fn(ids, cache, pos, docs)
+    logits, ends = fn(ids, cache, pos, docs, until_close)
     st = cache.patcher_state
     st.patch_len, st.prev = st.patch_len.clone(), st.prev.clone()
     return logits.clone(), ends.clone()

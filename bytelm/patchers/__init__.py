@@ -19,8 +19,10 @@ from bytelm.patchers.base import (
     PatcherState,
     RulePatcher,
     ends_to_lengths,
+    first_close,
     lengths_to_ids,
     lengths_to_offsets,
+    only_first,
 )
 from bytelm.patchers.bpe import BPEPatcher
 from bytelm.patchers.entropy import EntropyPatcher
@@ -38,8 +40,10 @@ __all__ = [
     "BPEPatcher",
     "LearnedBoundaries",
     "ends_to_lengths",
+    "first_close",
     "lengths_to_ids",
     "lengths_to_offsets",
+    "only_first",
     "make_patcher",
     "PATCHERS",
     "MODES",

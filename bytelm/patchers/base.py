@@ -49,6 +49,20 @@ def ends_to_lengths(
     return torch.where(last >= 0, last - prev, 0)
 
 
+def only_first(ends: torch.Tensor) -> torch.Tensor:
+    """ends (B, n) -> the same with every patch end after byte 0 removed."""
+    return ends & (torch.arange(ends.shape[1], device=ends.device) == 0)
+
+
+def first_close(ends: torch.Tensor) -> torch.Tensor:
+    """ends (B, n) -> (B,) the index of the first byte after byte 0 that ends a patch, n if
+    none: how many bytes `ByteLM.decode(..., until_close=True)` decodes."""
+    later = ends.clone()
+    later[:, 0] = False
+    n = ends.shape[1]
+    return torch.where(later.any(1), later.long().argmax(1), n)
+
+
 def lengths_to_ids(patch_lengths: torch.Tensor, T: int | None = None) -> torch.Tensor:
     """patch_lengths (B, P) -> patch_ids (B, T): which patch each byte is in.
 

@@ -140,6 +140,55 @@ def test_rollback_equals_a_run_that_saw_only_the_kept_bytes(patcher, request):
         assert (after[r] - full).abs().max() < TOL
 
 
+@pytest.mark.parametrize("patcher", PATCHERS)
+def test_until_close_decodes_up_to_the_first_later_patch_end(patcher, request, monkeypatch):
+    """`decode(..., until_close=True)` (a speculative verify block) against a plain decode of
+    the same bytes: n_used is the first byte after byte 0 that closes a patch, the logits
+    before it agree, the latent steps at most one patch per row, and after a rollback (or
+    none: the next call drops the undecoded bytes) both caches hold the same state."""
+    model = make_model(patcher, request=request)
+    stepped = []
+    step = model.latent.step
+
+    def counting_step(x, kv, *args, **kwargs):
+        stepped.append(x.shape[1])
+        return step(x, kv, *args, **kwargs)
+
+    ids = text(B=3, T=90, seed=5)
+    g = torch.Generator().manual_seed(3)
+    a, b = (model.new_cache(3, max_len=100, max_step=8) for _ in range(2))
+    t, short = torch.zeros(3, dtype=torch.long), 0
+    for i in range(14):
+        feed = torch.stack([ids[r, t[r] : t[r] + 8] for r in range(3)])
+        ref = model.decode(feed, b)
+        ends = b.last.ends
+        monkeypatch.setattr(model.latent, "step", counting_step)
+        stepped.clear()
+        got, n_used = model.decode(feed, a, until_close=True)
+        monkeypatch.setattr(model.latent, "step", step)
+        assert all(m <= 1 for m in stepped), stepped
+        for r in range(3):
+            n = int(n_used[r])
+            later = ends[r, 1:].nonzero().flatten()
+            assert n == (int(later[0]) + 1 if len(later) else 8), (i, r)
+            assert (got[r, :n] - ref[r, :n]).abs().max() < TOL
+        short += int((n_used < 8).sum())
+        keep = (torch.rand(3, generator=g) * (n_used + 1)).long()
+        if i % 3 == 2:  # no rollback: the next call keeps all n_used bytes
+            keep = n_used
+        else:
+            a.rollback(keep)
+        b.rollback(keep)
+        t += keep
+    assert short > 5, "the blocks must stop at patch ends"
+    nxt = torch.tensor([[ord("x"), ord(" "), ord("y")]] * 3)
+    assert (model.decode(nxt, a) - model.decode(nxt, b)).abs().max() < TOL
+    span = int(b.n_patches.max())
+    for k, v in a.live(latent_span=span).items():
+        w = b.live(latent_span=span)[k]
+        assert (v.float() - w.float()).abs().max() < TOL, k
+
+
 def test_rollback_to_zero_and_all():
     model = make_model("fixed")
     ids = text(B=2, T=20)
