@@ -23,10 +23,9 @@ def model_of(kind: str, n: int = 3, seed: int = 0) -> ByteLM:
     cfg = tiny_bytelm_config(heads=n)
     cfg = dataclasses.replace(cfg, out_heads=OutputHeadsConfig(n=n, kind=kind))
     model = ByteLM(cfg).eval()
-    with torch.no_grad():  # random residual branches, so that the heads differ
+    with torch.no_grad():  # random residual branches and norms, so that the heads differ
         for p in model.heads.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.05)
+            p.normal_(0, 0.05) if p.dim() == 2 else p.normal_(1, 0.2)
     return model
 
 
