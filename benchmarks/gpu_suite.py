@@ -328,10 +328,14 @@ def part_decode(ctx: Ctx) -> str:
     rows, base = [], {}
     for batch in (1, 16):
         prompts = [text[: 64 + i] for i in range(batch)]  # different lengths: ragged rows
-        for mode, spec in (("plain", False), ("speculative", True)):
+        for mode, spec, cross in (
+            ("plain", False, False),
+            ("speculative", True, False),
+            ("speculative, cross", True, True),
+        ):
             if ctx.late():
                 break
-            kw = dict(temperature=0.0, speculative=spec)
+            kw = dict(temperature=0.0, speculative=spec, cross_patches=cross)
             generate(model, prompts, 8, **kw)  # warm-up
             res = generate(model, prompts, new, **kw)
             s = res.stats
@@ -357,7 +361,8 @@ def part_decode(ctx: Ctx) -> str:
         f"Random-init ByteLM ({n_params:.1f}M parameters: the train part's fixed:4 model, 4 "
         f"output heads, {'bf16' if cuda else 'fp32'}), greedy `bytelm.generate`, {new} new "
         "bytes per row after prompts of 64.. bytes (batch 16: 64..79, so rows close patches "
-        "at different bytes). speculative: every extra head drafts (3 drafts per forward). "
+        "at different bytes). speculative: every extra head drafts (3 drafts per forward), "
+        "verify blocks stop at patch ends; cross: they cross them (`cross_patches`). "
         "Random weights draft badly, so bytes/forward stays near 1 and speculation may cost "
         "more than it saves; the numbers are as measured. bytes/s: the whole call, prefill "
         "included; decode bytes/s: prefill excluded. same bytes as plain: greedy speculative "
