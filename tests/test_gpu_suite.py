@@ -52,7 +52,7 @@ def test_dry_run_reports_every_part(tmp_path):
 
     decode = read_csv(tmp_path / "gpu_decode.csv")
     assert {(r["batch"], r["mode"]) for r in decode} == {
-        (b, m) for b in ("1", "16") for m in ("plain", "speculative")
+        (b, m) for b in ("1", "16") for m in ("plain", "speculative", "speculative, cross")
     }
     for r in decode:
         assert float(r["bytes/s"]) > 0 and float(r["decode bytes/s"]) > 0, r
