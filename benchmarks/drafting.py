@@ -14,7 +14,8 @@ first D + 1 heads of that one model; D = 0 is plain cached decoding):
    excluded) over D = 0, each prompt's D values timed back to back, their order turned
    every prompt. Every speculative output is checked to equal the plain one. Each D > 0
    runs twice: verify blocks that stop at a patch end (`patch`, the default: the latent
-   steps once per patch) and blocks that cross patch ends (`cross`, `cross_patches=True`).
+   steps once per patch; at most the longest patch - 1 drafts, 3 for fixed:4) and blocks
+   that cross patch ends (`cross`, `cross_patches=True`).
    Teacher-forced bytes per forward pass count drafts across patch ends (as `cross`).
 
 A weak model's greedy output falls into runs of one byte (a line of spaces) where every
@@ -60,7 +61,9 @@ def generation(
     model, ps: list[bytes], K: int, new: int, min_run: int, compile: bool = False
 ) -> tuple[list, dict]:
     """Every (D, cross_patches) setting on every prompt, timed back to back."""
-    runs = [(0, False)] + [(D, c) for D in range(1, K) for c in (False, True)]
+    P = model.patcher
+    cap = max(getattr(P, "period", P.max_patch_len) - 1, 1)  # drafts a patch block holds
+    runs = [(0, False)] + [(D, c) for D in range(1, K) for c in (False, True) if c or D <= cap]
     secs = {r: [] for r in runs}
     stats = {r: [0, 0, [0] * r[0], [0] * r[0]] for r in runs}  # bytes, forwards, drafted, acc.
     shares = []

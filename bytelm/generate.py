@@ -17,13 +17,15 @@ pass emits between 1 and D+1 bytes. Greedy output is identical to plain greedy
 decoding; sampled output has the same distribution as plain sampling (lossless
 rejection sampling against the drafts' own distributions q).
 
-A verify block stays inside one patch (`decode(..., until_close=True)`): it stops before
-the first draft that would close a patch, and the byte sampled after it may close it. The
-latent transformer then steps only in a block whose first byte (already accepted) closes
-a patch: once per patch, as in plain decoding. `cross_patches=True` verifies every draft,
-across patch ends, which gets more bytes per forward pass but steps the latent for
-patches whose closing draft may be rejected (on the CPU it costs more than it gains:
-`benchmarks/results/drafting_*.md`).
+A verify block stays inside one patch (`decode(..., until_close=True)`): the forward pass
+decodes the block only up to the first draft that closes a patch. That draft is still
+verified (the logits before it are there); if it is accepted, it starts the next block,
+and no byte is drawn after it in this pass. The latent transformer then steps only for a
+block's first byte, which is already accepted: once per patch, as in plain decoding.
+Whether a draft is verified depends only on the drafts before it, so the output stays
+lossless. `cross_patches=True` verifies every draft across patch ends: more bytes per
+forward pass, but the latent steps for patches whose closing draft may be rejected (on
+the CPU that costs more than it gains: `benchmarks/results/drafting_*.md`).
 
 Sampling: temperature 0 is greedy. Top-k and top-p act on the tempered
 distribution. BOS and PAD are never generated; EOS ends a row and is not part
@@ -50,7 +52,9 @@ class GenerationConfig:
     top_k: int = 0  # keep the k most likely bytes; 0 = all
     top_p: float = 1.0  # keep the smallest set with this much probability; 1 = all
     speculative: bool = False
-    draft_heads: int = 0  # bytes drafted per forward pass; 0 = every extra head (K - 1)
+    # bytes drafted per forward pass; 0 = every extra head (K - 1). Blocks that stop at patch
+    # ends draft at most the longest patch's length - 1 (fixed:4: 3): no more fit in a block
+    draft_heads: int = 0
     cross_patches: bool = False  # a verify block may run past the open patch (see `generate`)
     seed: int = 0
     stop: tuple[bytes, ...] = ()  # a row stops after any of these byte strings
@@ -256,7 +260,10 @@ def _draft_count(model, cfg: GenerationConfig) -> int:
             f"bytelm: draft_heads must lie in 1..{K - 1} for this model ({K} heads), "
             f"got {cfg.draft_heads}"
         )
-    return cfg.draft_heads or K - 1
+    D = cfg.draft_heads or K - 1
+    if not cfg.cross_patches:  # a block holds one patch: more drafts would never be verified
+        D = min(D, max(getattr(model.patcher, "period", model.patcher.max_patch_len) - 1, 1))
+    return D
 
 
 # Without streaming, the host reads back which rows are done once per SYNC_EVERY forward

@@ -82,6 +82,15 @@ def test_speculative_greedy_is_identical_to_plain_greedy(cross):
         assert spec.stats.forward_passes < plain.stats.forward_passes
 
 
+def test_blocks_that_stop_at_patch_ends_draft_at_most_a_patch():
+    """fixed:3: a block holds one patch, so at most 2 drafts; crossing blocks take all 3."""
+    model = tiny_model("fixed", heads=4, k=3)
+    plain = generate(model, PROMPTS[:2], 30, temperature=0.0)
+    for cross, D in ((False, 2), (True, 3)):
+        r = generate(model, PROMPTS[:2], 30, 0.0, speculative=True, cross_patches=cross)
+        assert r.stats.draft_heads == D and r.bytes == plain.bytes
+
+
 def test_batches_of_different_lengths_equal_single_rows():
     model = tiny_model("fixed")
     batch = generate(model, PROMPTS[:4], 40, temperature=0.0, speculative=True)
