@@ -98,18 +98,21 @@ class Attention(nn.Module):
         backend: str = "sdpa",
         rot: tuple[torch.Tensor, torch.Tensor] | None = None,  # rope_angles(spec.q_pos, ...)
     ) -> torch.Tensor:
-        """Cached self-attention: store the new keys/values, then attend over the cache."""
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n, Dh)
-        k, v = rearrange(self.kv(x), "b n (two h d) -> two b h n d", two=2, h=self.n_heads)
+        """Cached self-attention: store the new keys/values, then attend over the cache.
+        (Views instead of einops here: a decode step is launch-bound.)"""
+        B, n, D = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        q = self.q(x).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
+        k, v = self.kv(x).view(B, n, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope_theta is not None:
             # keys are stored rotated, at their own positions (the query positions)
             cos, sin = rot or rope_angles(spec.q_pos, self.head_dim, self.rope_theta)
             q, k = apply_rope(torch.stack([q, k]), cos, sin).unbind(0)
-        rows = torch.arange(x.shape[0], device=x.device)[:, None]
-        k_cache[rows, :, slots] = rearrange(k, "b h n d -> b n h d").to(k_cache.dtype)
-        v_cache[rows, :, slots] = rearrange(v, "b h n d -> b n h d").to(v_cache.dtype)
+        rows = torch.arange(B, device=x.device)[:, None]
+        k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)  # (B, n, H, Dh)
+        v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
         y = attention(q, k_cache, v_cache, spec, backend=backend)  # (B, H, n, Dh)
-        return self.out(rearrange(y, "b h n d -> b n (h d)"))
+        return self.out(y.transpose(1, 2).reshape(B, n, D))
 
 
 class SwiGLU(nn.Module):
