@@ -44,6 +44,8 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
     lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
                local 64 (encoder 1 layer, decoder 1), latent 192 x 3 at fixed:4, 256 x 2 at
                fixed:6, 256 x 4 at fixed:8; one head
+    *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
+               patches must come through the latent
     *-w256     with local attention windows of 256 bytes (the demo preset's are 64): the
                whole training window, as the flat models see it, at no extra CPU time here
     *-do / -do2 / -do3  with residual dropout 0.1 / 0.2 / 0.3 in every stack and, for a ByteLM, on the
@@ -119,6 +121,8 @@ FAMILIES = {
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
     "lm-lean-k4-do2": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.2)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
+    "lm-1h-96-w16": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(16)},
+    "lm-1h-96-w8": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(8)},
     "lm-lean-k4-do3": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.3)},
 }  # fmt: skip
 SMALL_BUDGET = [
@@ -319,6 +323,8 @@ def run_one(job: dict) -> dict:
         if heads > 1:
             row.update(teacher_forced(model, trainer.corpus["heldout"], cfg.data.seq_len,
                                       job["eval_bytes"]))  # fmt: skip
+        row["bpb_latent_zeroed"] = latent_zeroed_bpb(model, trainer.corpus["heldout"], cfg,
+                                                     job["eval_bytes"])  # fmt: skip
     from bytelm.evals.flops import run_size
 
     row.update(
@@ -326,6 +332,20 @@ def run_one(job: dict) -> dict:
         params_non_embedding=run_size(cfg)["params_non_embedding"], train_bytes=bytes_trained,
     )  # fmt: skip
     return row
+
+
+def latent_zeroed_bpb(model, split, cfg, max_bytes: int) -> float:
+    """Held-out bpb with the latent transformer's output replaced by zeros: how much the
+    model uses its latent (the bpb it loses without it)."""
+    import torch
+
+    from bytelm.evals.bpb import evaluate_bpb
+
+    hook = model.from_latent.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+    try:
+        return evaluate_bpb(model, split, cfg.data.seq_len, 16, max_bytes)["bpb"]
+    finally:
+        hook.remove()
 
 
 def done_keys() -> set:
@@ -423,6 +443,7 @@ def report() -> None:
             "seed": r["seed"], "held-out bpb": round(r["bpb"], 4),
             "bytes/patch": round(r["bytes_per_patch"], 2), "heads": r["heads"],
             "TF bytes/fwd": round(r["tf_bytes_per_forward"], 3) if "tf_bytes_per_forward" in r else "",
+            "latent gain": round(r["bpb_latent_zeroed"] - r["bpb"], 4) if "bpb_latent_zeroed" in r else "",
             "train TFLOPs": round(r["train_flops"] / 1e12, 2), "CPU-min": round(r["cpu_min"], 2),
             "steps": r["steps"], "params (non-emb)": r["params_non_embedding"],
         })  # fmt: skip
