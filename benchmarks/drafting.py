@@ -40,6 +40,7 @@ from benchmarks.equal_compute import teacher_forced
 from bytelm.checkpoint import load_model
 from bytelm.data.corpus import load_corpus
 from bytelm.demo import run_share
+from bytelm.generate import patch_block_drafts
 
 
 def prompts(split, n: int, length: int, seed: int) -> list[bytes]:
@@ -61,8 +62,7 @@ def generation(
     model, ps: list[bytes], K: int, new: int, min_run: int, compile: bool = False
 ) -> tuple[list, dict]:
     """Every (D, cross_patches) setting on every prompt, timed back to back."""
-    P = model.patcher
-    cap = max(getattr(P, "period", P.max_patch_len) - 1, 1)  # drafts a patch block holds
+    cap = patch_block_drafts(model)
     runs = [(0, False)] + [(D, c) for D in range(1, K) for c in (False, True) if c or D <= cap]
     secs = {r: [] for r in runs}
     stats = {r: [0, 0, [0] * r[0], [0] * r[0]] for r in runs}  # bytes, forwards, drafted, acc.

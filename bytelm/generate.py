@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bytelm.patchers.base import longest_patch
 from bytelm.vocab import BOS, EOS, PAD
 
 
@@ -261,9 +262,13 @@ def _draft_count(model, cfg: GenerationConfig) -> int:
             f"got {cfg.draft_heads}"
         )
     D = cfg.draft_heads or K - 1
-    if not cfg.cross_patches:  # a block holds one patch: more drafts would never be verified
-        D = min(D, max(getattr(model.patcher, "period", model.patcher.max_patch_len) - 1, 1))
-    return D
+    return D if cfg.cross_patches else min(D, patch_block_drafts(model))
+
+
+def patch_block_drafts(model) -> int:
+    """The most drafts a verify block that stops at patch ends can use: it holds one patch,
+    so the longest patch's length - 1 (the byte after them may close it)."""
+    return max(longest_patch(model.patcher) - 1, 1)
 
 
 # Without streaming, the host reads back which rows are done once per SYNC_EVERY forward

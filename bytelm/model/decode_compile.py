@@ -27,8 +27,8 @@ from bytelm.patchers import only_first
 
 
 def compiled_step(model):
-    """The compiled step of a model -> fn(ids, cache, pos, docs, until_close) -> (logits, ends), made once
-    per model and kept on it (not a submodule)."""
+    """The compiled step of a model -> fn(ids, cache, pos, docs, until_close) -> (logits,
+    ends), made once per model and kept on it (not a submodule)."""
     fn = model.__dict__.get("_compiled_decode")
     if fn is None:
         if model.unembed.weight.device.type == "cuda":

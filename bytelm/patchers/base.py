@@ -57,10 +57,14 @@ def only_first(ends: torch.Tensor) -> torch.Tensor:
 def first_close(ends: torch.Tensor) -> torch.Tensor:
     """ends (B, n) -> (B,) the index of the first byte after byte 0 that ends a patch, n if
     none: how many bytes `ByteLM.decode(..., until_close=True)` decodes."""
-    later = ends.clone()
-    later[:, 0] = False
-    n = ends.shape[1]
-    return torch.where(later.any(1), later.long().argmax(1), n)
+    later = ends[:, 1:]
+    return torch.where(later.any(1), later.long().argmax(1) + 1, ends.shape[1])
+
+
+def longest_patch(patcher) -> int:
+    """The most bytes a patch of this source can hold: a rule's period (fixed:k: k), else
+    its max_patch_len."""
+    return getattr(patcher, "period", patcher.max_patch_len)
 
 
 def lengths_to_ids(patch_lengths: torch.Tensor, T: int | None = None) -> torch.Tensor:

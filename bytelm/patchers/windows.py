@@ -29,15 +29,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bytelm.patchers.base import RowStart
+from bytelm.patchers.base import RowStart, longest_patch
 from bytelm.patchers.static import FixedPatcher
 from bytelm.vocab import PAD
 
 LOOK_BACK = 64  # positions before the row read first when looking for the last rule end
-
-
-def _period(patcher) -> int:
-    return getattr(patcher, "period", patcher.max_patch_len)
 
 
 def _needs_entropies(patcher) -> bool:
@@ -81,7 +77,7 @@ def row_starts(patcher, split, starts, entropies=None) -> RowStart:
 
 def _open_len(patcher, split, starts, o, entropies) -> np.ndarray:
     """Bytes of the document's patch still open before each row (offset o in its document)."""
-    M = _period(patcher)
+    M = longest_patch(patcher)
     if isinstance(patcher, FixedPatcher):  # no rule: cuts at offsets k-1, 2k-1, ...
         return o % M
     out = np.zeros(len(o), dtype=np.int64)
