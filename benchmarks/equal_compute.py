@@ -271,6 +271,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from bytelm import config as C
     from bytelm.demo import cpu_per_step
+    from bytelm.evals.latent import latent_ablation
     from bytelm.patchers import ends_to_lengths
     from bytelm.train import Trainer
     from bytelm.vocab import PAD
@@ -323,8 +324,9 @@ def run_one(job: dict) -> dict:
         if heads > 1:
             row.update(teacher_forced(model, trainer.corpus["heldout"], cfg.data.seq_len,
                                       job["eval_bytes"]))  # fmt: skip
-        row["bpb_latent_zeroed"] = latent_zeroed_bpb(model, trainer.corpus["heldout"], cfg,
-                                                     job["eval_bytes"])  # fmt: skip
+        ab = latent_ablation(model, trainer.corpus["heldout"], cfg.data.seq_len, 16,
+                             job["eval_bytes"])  # fmt: skip
+        row.update(bpb_latent_zeroed=ab["zeroed"], bpb_latent_shuffled=ab["shuffled"])
     from bytelm.evals.flops import run_size
 
     row.update(
@@ -332,20 +334,6 @@ def run_one(job: dict) -> dict:
         params_non_embedding=run_size(cfg)["params_non_embedding"], train_bytes=bytes_trained,
     )  # fmt: skip
     return row
-
-
-def latent_zeroed_bpb(model, split, cfg, max_bytes: int) -> float:
-    """Held-out bpb with the latent transformer's output replaced by zeros: how much the
-    model uses its latent (the bpb it loses without it)."""
-    import torch
-
-    from bytelm.evals.bpb import evaluate_bpb
-
-    hook = model.from_latent.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
-    try:
-        return evaluate_bpb(model, split, cfg.data.seq_len, 16, max_bytes)["bpb"]
-    finally:
-        hook.remove()
 
 
 def done_keys() -> set:
@@ -444,6 +432,7 @@ def report() -> None:
             "bytes/patch": round(r["bytes_per_patch"], 2), "heads": r["heads"],
             "TF bytes/fwd": round(r["tf_bytes_per_forward"], 3) if "tf_bytes_per_forward" in r else "",
             "latent gain": round(r["bpb_latent_zeroed"] - r["bpb"], 4) if "bpb_latent_zeroed" in r else "",
+            "latent content gain": round(r["bpb_latent_shuffled"] - r["bpb"], 4) if "bpb_latent_shuffled" in r else "",
             "train TFLOPs": round(r["train_flops"] / 1e12, 2), "CPU-min": round(r["cpu_min"], 2),
             "steps": r["steps"], "params (non-emb)": r["params_non_embedding"],
         })  # fmt: skip

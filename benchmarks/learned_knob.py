@@ -19,11 +19,11 @@ weight W toward the target) is trained with one torch thread. Then, on the first
   the share of all bytes of that kind, so that a reader can tell preference from frequency.
   A window's first byte (a forced end: no previous state) and BOS are not counted;
 - the histogram of patch lengths (share of patches of each length);
-- two control rows at θ = 0.5, through a hook on `model.from_latent`: the latent output
-  zeroed (every byte reads u = 0), and replaced by its mean over the batch's patch slots (a
-  constant vector, the same for every patch). They say how much the latent path, the only
-  part the patching changes, contributes to the bpb, and how much of that depends on what
-  the patches hold.
+- three control rows at θ = 0.5 (`bytelm.evals.latent`): the latent output zeroed (every
+  byte reads u = 0), replaced by its mean over the batch's patch slots (a constant vector,
+  the same for every patch), and taken from another window of the batch. They say how much
+  the latent path, the only part the patching changes, contributes to the bpb, and how much
+  of that depends on what the patches hold.
 
 `--from-run DIR` evaluates the run a previous call trained in DIR (its checkpoint and
 metrics.jsonl) instead of training again.
@@ -40,7 +40,7 @@ import json
 import math
 import os
 import time
-from functools import partial
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ from benchmarks.entropy_vs_fixed import MODEL
 from bytelm import config as C
 from bytelm.checkpoint import load_model
 from bytelm.data import load_corpus
+from bytelm.evals.latent import ABLATIONS, ablated_latent
 from bytelm.model.chunking import calibrate
 from bytelm.model.layers import doc_ids
 from bytelm.model.loss import multi_head_loss
@@ -91,13 +92,6 @@ def byte_kinds(ids: np.ndarray) -> dict[str, np.ndarray]:
         "inside_word": word & np.isin(nxt, WORD),
         "run": run,
     }
-
-
-def constant_latent(kind: str, module, inputs, out: torch.Tensor) -> torch.Tensor:
-    """A forward hook on `from_latent`: its output (B, P, D) zeroed, or replaced by its mean."""
-    if kind == "zero":
-        return torch.zeros_like(out)
-    return out.mean((0, 1), keepdim=True).expand_as(out)
 
 
 @torch.no_grad()
@@ -202,27 +196,25 @@ def main(argv=None):
     settings = [("trained (θ = 0.5)", None)] + [
         (f"θ calibrated to {float(k):g}", float(k)) for k in args.knobs.split(",") if k
     ]
-    settings.append(("θ = 0.5, latent output zeroed", "zero"))
+    settings.append(("θ = 0.5, latent output zeroed", "zeroed"))
     settings.append(("θ = 0.5, latent output replaced by its mean", "mean"))
+    settings.append(("θ = 0.5, latent output of another window", "shuffled"))
     for label, target in settings:
-        hook = None
-        if target in (None, "zero", "mean"):
+        ablation = target if target in ABLATIONS else None
+        if target is None or ablation:
             model.patcher.threshold = 0.5
             cal_bpp = ""
         else:
             _, cal = calibrate(model, corpus["train"], target, seq)
             cal_bpp = cal.measured_bytes_per_patch
-        if target in ("zero", "mean"):  # (B, P, D) latent outputs, before the smoothing
-            hook = model.from_latent.register_forward_hook(partial(constant_latent, target))
-        stats, lengths = evaluate(model, heldout, seq, args.eval_bytes)
-        if hook is not None:
-            hook.remove()
+        with ablated_latent(model, ablation) if ablation else nullcontext():
+            stats, lengths = evaluate(model, heldout, seq, args.eval_bytes)
         bpb = stats.pop("heldout_bpb")
         base = bpb if not rows else rows[0]["_bpb"]
         rows.append({"patching_at_eval": label, "theta": model.patcher.threshold,
                      "calibrated_bytes_per_patch": cal_bpp, "heldout_bpb": f"{bpb:.4f}",
                      "bpb_vs_trained": f"{bpb - base:+.4f}", "_bpb": bpb, **stats})  # fmt: skip
-        if target not in ("zero", "mean"):
+        if not ablation:
             hist[label] = np.bincount(lengths, minlength=17)[1:17] / len(lengths)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()},
               flush=True)  # fmt: skip

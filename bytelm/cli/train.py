@@ -46,6 +46,11 @@ def save_calibration(path, target: float, threshold: float, measured: float):
 def cmd_eval(args, overrides) -> int:
     if args.save and not args.target_bytes_per_patch:
         raise ValueError("bytelm: eval --save writes a calibrated θ: give --target-bytes-per-patch")
+    if args.latent and args.target_bytes_per_patch:
+        raise ValueError(
+            "bytelm: eval --latent measures at the checkpoint's own patching; "
+            "drop --target-bytes-per-patch"
+        )
     if args.target_bytes_per_patch:  # turn the compression knob of an entropy or learned model
         from bytelm.evals.compression import eval_at_target
 
@@ -64,6 +69,8 @@ def cmd_eval(args, overrides) -> int:
             )
             print(f"{ckpt}: θ = {r['threshold']:.4f} (target {target:g}) saved in its config")
         return 0
+    if args.latent:
+        return _eval_latent(args)
     r = bpb_of_checkpoint(
         args.checkpoint, args.data or None, args.max_bytes or None, args.batch_size
     )
@@ -71,6 +78,22 @@ def cmd_eval(args, overrides) -> int:
         f"{args.checkpoint}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} held-out bytes "
         f"({r['heldout_rule']})"
     )
+    return 0
+
+
+def _eval_latent(args) -> int:
+    from bytelm.evals.latent import ablation_of_checkpoint
+
+    r = ablation_of_checkpoint(args.checkpoint, args.data or None, args.max_bytes or None,
+                               args.batch_size)  # fmt: skip
+    print(f"{args.checkpoint}: {r['bpb']:.4f} bits per byte ({r['heldout_rule']}); with the "
+          "latent output")  # fmt: skip
+    for kind, what in (
+        ("zeroed", "zeroed (no latent)"),
+        ("mean", "replaced by its batch mean (a constant: no content)"),
+        ("shuffled", "of another window (the latent's content gain)"),
+    ):
+        print(f"  {what:<54} {r[kind]:.4f}  {r[kind] - r['bpb']:+.4f}")
     return 0
 
 
@@ -117,6 +140,12 @@ def add_parsers(sub) -> None:
         "--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)"
     )
     p.add_argument("--batch-size", type=int, default=default_of(bpb_of_checkpoint, "batch_size"))
+    p.add_argument(
+        "--latent",
+        action="store_true",
+        help="ByteLM: also the bpb with the latent output zeroed, made constant, and taken "
+        "from another window: what the latent transformer is worth",
+    )
     p.add_argument(
         "--target-bytes-per-patch",
         type=float,

@@ -93,10 +93,9 @@ def evaluate_bpb(
     return {"bpb": nats / (math.log(2) * max(count, 1)), "nats": nats, "bytes": count}
 
 
-def bpb_of_checkpoint(
-    path, sources=None, max_bytes: int | None = None, batch_size: int = 8
-) -> dict:
-    """Bits-per-byte of a checkpoint on the held-out split of a corpus (default: its own)."""
+def load_with_heldout(path, sources=None):
+    """A checkpoint's model, its data config (with `sources` instead of its own, if given)
+    and the held-out split of that corpus."""
     import dataclasses
 
     from bytelm.checkpoint import load_model
@@ -106,6 +105,13 @@ def bpb_of_checkpoint(
     data_cfg = (
         cfg.data if sources is None else dataclasses.replace(cfg.data, sources=tuple(sources))
     )
-    heldout = load_corpus(data_cfg)["heldout"]
+    return model, data_cfg, load_corpus(data_cfg)["heldout"]
+
+
+def bpb_of_checkpoint(
+    path, sources=None, max_bytes: int | None = None, batch_size: int = 8
+) -> dict:
+    """Bits-per-byte of a checkpoint on the held-out split of a corpus (default: its own)."""
+    model, data_cfg, heldout = load_with_heldout(path, sources)
     r = evaluate_bpb(model, heldout, data_cfg.seq_len, batch_size, max_bytes)
     return {**r, "heldout_rule": data_cfg.heldout_rule()}
