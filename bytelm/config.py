@@ -55,9 +55,24 @@ class TransformerConfig:
     # residual dropout on each block's attention and MLP outputs, in training only: the
     # regulariser for many epochs of a small corpus (benchmarks/results/equal_compute.md)
     dropout: float = 0.0
+    # hashed n-gram input embeddings of a plain ByteTransformer (empty = bytes only), with
+    # ngram_buckets per n (0 = auto); a ByteLM's are model.ngram and its stacks leave these
+    # empty. The honest flat baseline: at small budgets they are worth more than the
+    # hierarchy (benchmarks/results/equal_compute.md)
+    ngram_ns: tuple[int, ...] = ()
+    ngram_buckets: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "ngram_ns", tuple(self.ngram_ns))
         _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
+        _check(
+            all(2 <= n <= 16 for n in self.ngram_ns),
+            f"ngram_ns must lie in 2..16, got {self.ngram_ns}",
+        )
+        _check(
+            self.ngram_buckets >= 0,
+            f"ngram_buckets must be >= 0 (0 = auto), got {self.ngram_buckets}",
+        )
         _check(self.dim >= 8, f"dim must be >= 8, got {self.dim}")
         _check(self.n_layers >= 0, f"n_layers must be >= 0, got {self.n_layers}")
         _check(self.attn_heads >= 1, f"attn_heads must be >= 1, got {self.attn_heads}")
@@ -227,6 +242,12 @@ class ByteLMConfig:
             self.pooling in POOLINGS,
             f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}",
         )
+        for name in ("encoder", "latent", "decoder"):
+            _check(
+                not getattr(self, name).ngram_ns,
+                f"model.{name}.ngram_ns is for a plain ByteTransformer; a ByteLM's n-gram "
+                "embeddings are model.ngram",
+            )
         _check(
             self.encoder.dim == self.decoder.dim,
             f"encoder.dim ({self.encoder.dim}) and decoder.dim ({self.decoder.dim}) must match",

@@ -202,13 +202,14 @@ def param_counts(model_cfg: ByteLMConfig | TransformerConfig) -> dict[str, int]:
     (W_q, W_k) for the learned patcher.
     Stages, ByteTransformer: layers, unembed (final norm and unembedding).
     """
+    from bytelm.model.embed import auto_buckets  # the one place the default lives
+
     V = VOCAB_SIZE
     if isinstance(model_cfg, TransformerConfig):
-        D = model_cfg.dim
-        out = {"layers": _stack_params(model_cfg), "unembed": D + D * V, "embedding": V * D}
+        D, ns = model_cfg.dim, model_cfg.ngram_ns
+        ngram = len(ns) * (model_cfg.ngram_buckets or auto_buckets(D)) * D
+        out = {"layers": _stack_params(model_cfg), "unembed": D + D * V, "embedding": V * D + ngram}
     elif isinstance(model_cfg, ByteLMConfig):
-        from bytelm.model.embed import auto_buckets  # the one place the default lives
-
         cfg = model_cfg
         D, G = cfg.encoder.dim, cfg.latent.dim
         buckets = cfg.ngram.buckets or auto_buckets(D)

@@ -248,6 +248,9 @@ class _Pointers:
 class TransformerCache(_Pointers):
     """The KV cache of a `ByteTransformer` (the baseline, and the entropy model).
 
+    `seen` (2, B, max_len): every position's byte id and document, kept when the model
+    reads n-grams (None otherwise); storage like the KV, addressed by position.
+
     `clone()` shares the KV storage and copies the pointers; because storage is
     addressed by position, a clone taken before a call can be stepped again
     over the same bytes (or a prefix of them) and stays correct. `select(mask,
@@ -255,14 +258,17 @@ class TransformerCache(_Pointers):
     this cache through `replay_patcher`.
     """
 
-    def __init__(self, kv: KVCache, length, doc, max_len: int, max_step: int, hi: int = 0):
-        self.kv, self.length, self.doc = kv, length, doc
+    def __init__(
+        self, kv: KVCache, length, doc, max_len: int, max_step: int, hi: int = 0, seen=None
+    ):
+        self.kv, self.length, self.doc, self.seen = kv, length, doc, seen
         self.max_len, self.max_step, self.hi, self.last = max_len, max_step, hi, None
 
     def clone(self) -> TransformerCache:
         return TransformerCache(
-            self.kv, self.length.clone(), self.doc.clone(), self.max_len, self.max_step, self.hi
-        )
+            self.kv, self.length.clone(), self.doc.clone(), self.max_len, self.max_step, self.hi,
+            self.seen,
+        )  # fmt: skip
 
     def select(self, mask: torch.Tensor, other: TransformerCache) -> TransformerCache:
         assert other.kv is self.kv, "only clones of one cache can be merged"
@@ -273,6 +279,7 @@ class TransformerCache(_Pointers):
             self.max_len,
             self.max_step,
             max(self.hi, other.hi),
+            self.seen,
         )
 
     def rollback(self, keep: torch.Tensor) -> None:

@@ -3,6 +3,8 @@
 The baseline model, the entropy model of the entropy patcher, and the reference
 point for throughput. Attention stays inside each document (a new document
 starts at BOS), so a document's logits never depend on what is packed before it.
+With `ngram_ns` its input embedding adds hashed n-gram lookups (the ByteLM encoder's
+`ByteEmbedding`), each reading byte t and the bytes before it in its document.
 """
 
 from __future__ import annotations
@@ -12,16 +14,24 @@ import torch.nn as nn
 
 from bytelm.config import TransformerConfig
 from bytelm.model.cache import KVCache, TransformerCache, prefill
+from bytelm.model.embed import ByteEmbedding
 from bytelm.model.layers import RMSNorm, Stack, doc_ids, init_weights
 from bytelm.model.loss import HeadLosses, multi_head_loss
-from bytelm.vocab import VOCAB_SIZE
+from bytelm.vocab import PAD, VOCAB_SIZE
 
 
 class ByteTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, attn_backend: str = "sdpa"):
         super().__init__()
         self.cfg, self.attn_backend = cfg, attn_backend
-        self.embed = nn.Embedding(VOCAB_SIZE, cfg.dim)
+        ns = cfg.ngram_ns
+        # bytes only: a plain table, the layout of every checkpoint saved before n-grams
+        self.embed = (
+            ByteEmbedding(cfg.dim, ns, cfg.ngram_buckets)
+            if ns
+            else nn.Embedding(VOCAB_SIZE, cfg.dim)
+        )
+        self.history = max(ns, default=1) - 1  # bytes before t in t's n-grams
         self.stack = Stack(cfg)
         self.norm = RMSNorm(cfg.dim)
         self.unembed = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
@@ -36,8 +46,12 @@ class ByteTransformer(nn.Module):
         B, T = ids.shape
         docs = doc_ids(ids)
         pos = torch.arange(T, device=ids.device).expand(B, T)
-        h = self.stack(self.embed(ids), docs, pos, self.attn_backend)  # (B, T, D)
+        h = self.stack(self.embed_bytes(ids, docs), docs, pos, self.attn_backend)  # (B, T, D)
         return self.unembed(self.norm(h)).unsqueeze(2)  # (B, T, 1, V)
+
+    def embed_bytes(self, ids: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        """ids, docs (B, T) -> input embeddings (B, T, D); n-grams stay inside a document."""
+        return self.embed(ids, docs) if self.history else self.embed(ids)
 
     def loss(self, ids: torch.Tensor) -> HeadLosses:
         return multi_head_loss(self(ids), ids, doc_ids(ids))
@@ -51,7 +65,10 @@ class ByteTransformer(nn.Module):
         p = self.unembed.weight
         kv = KVCache.for_stack(self.cfg, batch, max_len, max_step, p.dtype, p.device)
         zeros = torch.zeros(batch, dtype=torch.long, device=p.device)
-        return TransformerCache(kv, zeros, zeros.clone(), max_len, max_step)
+        seen = None
+        if self.history:  # every position's byte and document, for the n-grams of later bytes
+            seen = torch.full((2, batch, max_len), PAD, dtype=torch.long, device=p.device)
+        return TransformerCache(kv, zeros, zeros.clone(), max_len, max_step, seen=seen)
 
     @torch.no_grad()
     def step(
@@ -61,11 +78,28 @@ class ByteTransformer(nn.Module):
         on the whole text so far. `n_valid` (B,) keeps only each row's first bytes."""
         pos, docs = cache._begin(ids)  # (B, n)
         slots, spec = cache.kv.write(pos, docs)
-        h = self.stack.step(self.embed(ids), cache.kv, slots, spec, self.attn_backend)
+        h = self.stack.step(self._step_embed(ids, pos, docs, cache), cache.kv, slots, spec,
+                            self.attn_backend)  # fmt: skip
         cache._advance(docs)
         if n_valid is not None:
             cache.rollback(n_valid)
         return self.unembed(self.norm(h)).unsqueeze(2)  # (B, n, 1, V)
+
+    def _step_embed(self, ids, pos, docs, cache: TransformerCache) -> torch.Tensor:
+        """The embeddings of new bytes (B, n) at positions pos: their n-grams read the last
+        `history` bytes before pos from `cache.seen` (written by position, so a rollback or
+        a clone needs nothing more), then the new bytes are recorded there."""
+        if not self.history:
+            return self.embed(ids)
+        H = self.history
+        hpos = pos[:, :1] - H + torch.arange(H, device=ids.device)  # (B, H)
+        ok = hpos >= 0
+        back = cache.seen.gather(2, hpos.clamp(min=0).expand(2, -1, -1))  # (2, B, H)
+        h_ids = torch.where(ok, back[0], PAD)
+        h_docs = torch.where(ok, back[1], -1)  # no document: never the new bytes' own
+        x = self.embed(torch.cat([h_ids, ids], 1), torch.cat([h_docs, docs], 1))[:, H:]
+        cache.seen.scatter_(2, pos.expand(2, -1, -1), torch.stack([ids, docs]))
+        return x
 
     decode = step  # the name ByteLM uses
 

@@ -108,6 +108,8 @@ class EntropyKV:
             pos=torch.where(m[:, None], a.kv.pos, b.kv.pos),
             doc=torch.where(m[:, None], a.kv.doc, b.kv.doc),
         )
+        if a.seen is not None:  # an n-gram model's bytes by position, merged like the KV
+            out.seen = torch.where(m[None, :, None], a.seen, b.seen)
         out.length = torch.where(m, a.length, b.length)
         out.doc = torch.where(m, a.doc, b.doc)
         out.hi = max(a.hi, b.hi)
@@ -380,6 +382,8 @@ class EntropyPatcher:
         )
         out.length = cache.length.index_copy(0, rows, fresh.length)
         out.doc = cache.doc.index_copy(0, rows, fresh.doc)
+        if cache.seen is not None:  # an n-gram model's bytes by position, copied like the KV
+            out.seen = cache.seen.index_copy(1, rows, fresh.seen)
         out.hi = min(max(cache.hi, w), self.context)
         return out
 

@@ -56,7 +56,7 @@ def _forward_padded(model, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     context at positions 0..T-1; seg (n, T) is 0 on a piece and 1 on its padding."""
     n, T = x.shape
     pos = torch.arange(T, device=x.device).expand(n, T)
-    h = model.stack(model.embed(x), seg, pos, model.attn_backend)  # (n, T, D)
+    h = model.stack(model.embed_bytes(x, seg), seg, pos, model.attn_backend)  # (n, T, D)
     return _entropy_bits(model.unembed(model.norm(h)))  # (n, T)
 
 

@@ -34,6 +34,19 @@ def patcher(model_dir):
     return EntropyPatcher(model, context, threshold=1.5, max_patch_len=8, source=str(model_dir))
 
 
+@pytest.fixture(scope="module", params=["bytes", "ngrams"])
+def any_patcher(request, patcher, tmp_path_factory):
+    """The patcher, and one whose entropy model also reads hashed 3- and 4-grams (its
+    cached step keeps every position's byte: chunk restarts and replays must carry them)."""
+    if request.param == "bytes":
+        return patcher
+    path = save_tiny_entropy_model(
+        tmp_path_factory.mktemp("ent-ngram") / "ckpt", context=CONTEXT, ngram_ns=(3, 4)
+    )
+    model, context = load_entropy_model(path)
+    return EntropyPatcher(model, context, threshold=1.5, max_patch_len=8, source=str(path))
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """~60 KB of real text: a few stdlib modules, each split into a train head and held-out tail."""
@@ -92,7 +105,8 @@ def test_long_documents_use_a_sliding_window_with_overlap(patcher):
 
 
 @pytest.mark.parametrize("mode", ["global", "monotonic", "both"])
-def test_step_equals_ends(patcher, mode):
+def test_step_equals_ends(any_patcher, mode):
+    patcher = any_patcher
     p = EntropyPatcher(
         patcher.model,
         patcher.context,
@@ -330,13 +344,14 @@ def test_step_is_batched_over_rows_and_bytes(patcher, monkeypatch):
     assert ends.any() and not ends.all()
 
 
-def test_replay_across_chunk_starts_keeps_snapshots_intact(patcher):
+def test_replay_across_chunk_starts_keeps_snapshots_intact(any_patcher):
     """Speculative rollback (`replay_patcher`) from a snapshot taken before calls in which
     rows start chunks: the replayed state continues like a run that saw only the kept
     bytes, and the snapshot, replayed again, still does (its storage was not overwritten).
     `step(snapshot, ids, n_valid=keep)` is the same replay in one call."""
     from bytelm.model.cache import replay_patcher
 
+    patcher = any_patcher
     p = EntropyPatcher(patcher.model, patcher.context, "global", threshold=1.2, max_patch_len=6)
     rows, ids = ragged_rows(seed=4)
     ids, B = ids[:, :150], len(rows)

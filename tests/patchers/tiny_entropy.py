@@ -12,17 +12,20 @@ from bytelm.data import DataConfig
 from bytelm.model import ByteTransformer
 
 
-def save_tiny_entropy_model(path: str | Path, context: int = 48, seed: int = 0) -> Path:
+def save_tiny_entropy_model(
+    path: str | Path, context: int = 48, seed: int = 0, ngram_ns: tuple[int, ...] = ()
+) -> Path:
     """A random 1-layer ByteTransformer whose output entropy depends strongly on the context.
 
     `context` is its training seq_len, so the patcher chunks documents longer than it.
     """
     torch.manual_seed(seed)
-    tcfg = TransformerConfig(dim=32, n_layers=1, attn_heads=2)
+    tcfg = TransformerConfig(dim=32, n_layers=1, attn_heads=2, ngram_ns=ngram_ns, ngram_buckets=64)
     model = ByteTransformer(tcfg)
     with torch.no_grad():  # sharpen: a random init at std 0.02 is nearly uniform everywhere
         model.unembed.weight.mul_(60.0)
-        model.embed.weight.mul_(20.0)
+        for p in model.embed.parameters():
+            p.mul_(20.0)
         for p in model.stack.parameters():
             if p.dim() == 2:
                 p.mul_(8.0)
