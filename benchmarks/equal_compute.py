@@ -47,7 +47,7 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
     *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
                patches must come through the latent (flat-96x3-w16: the flat model's own
                attention windowed, the baseline that says whether context beyond 16 bytes
-               pays at all at a budget)
+               pays at all at a budget; -ng adds the ByteLM's hashed 3..8-gram embeddings)
     *-w256     with local attention windows of 256 bytes (the demo preset's are 64): the
                whole training window, as the flat models see it, at no extra CPU time here
     *-do / -do2 / -do3  with residual dropout 0.1 / 0.2 / 0.3 in every stack and, for a ByteLM, on the
@@ -121,6 +121,7 @@ FAMILIES = {
     "lm-lean-k4-w256": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **WINDOW(256)},
     "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},
     "flat-96x3-w16": {**FLAT(96, 3), "transformer.window": "16"},
+    "flat-96x3-w16-ng": {**FLAT(96, 3), "transformer.window": "16", "transformer.ngram_ns": "3,4,5,6,7,8"},
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
     "lm-lean-k4-do2": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.2)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
