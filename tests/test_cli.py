@@ -247,7 +247,8 @@ def test_old_format_checkpoint_is_one_line_then_converts(capsys, tmp_path):
     one_line_error(code, err, "already in the new format")
 
 
-def test_eval_says_how_the_heldout_split_was_made(capsys, tmp_path):
+def notes_checkpoint(tmp_path):
+    """An untrained tiny ByteLM checkpoint whose corpus is one file, the last 10% held out."""
     from bytelm.checkpoint import save_checkpoint
     from bytelm.model import ByteLM
 
@@ -257,7 +258,19 @@ def test_eval_says_how_the_heldout_split_was_made(capsys, tmp_path):
         {"data.sources": str(tmp_path / "notes.txt"), "data.split": "tail",
          "data.heldout_fraction": "0.1", "data.cache_dir": str(tmp_path / "cache")},
     )  # fmt: skip
-    ck = save_checkpoint(tmp_path / "ck", ByteLM(cfg.model), cfg)
+    return save_checkpoint(tmp_path / "ck", ByteLM(cfg.model), cfg)
+
+
+def test_eval_says_how_the_heldout_split_was_made(capsys, tmp_path):
+    ck = notes_checkpoint(tmp_path)
     code, out, _ = run(capsys, "eval", str(ck))
     assert code == 0 and "bits per byte" in out
     assert "held out by position: the last 10% of each document" in out
+
+
+def test_eval_latent_prints_each_ablation(capsys, tmp_path):
+    ck = notes_checkpoint(tmp_path)
+    code, out, _ = run(capsys, "eval", str(ck), "--latent", "--max-bytes", "2000")
+    assert code == 0 and "bits per byte" in out and "zeroed" in out and "another window" in out
+    code, _, err = run(capsys, "eval", str(ck), "--latent", "--target-bytes-per-patch", "4")
+    one_line_error(code, err, "drop --target-bytes-per-patch")

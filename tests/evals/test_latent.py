@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from bytelm import config as C
-from bytelm.cli import main
 from bytelm.data import DataConfig, load_corpus
 from bytelm.evals.bpb import evaluate_bpb
 from bytelm.evals.latent import ABLATIONS, ablated_latent, latent_ablation
@@ -98,20 +97,3 @@ def test_bad_requests_are_one_line(heldout, call, fragment):
     with pytest.raises(ValueError, match=fragment) as e:
         call(model_with_a_loud_latent(), heldout)
     assert str(e.value).startswith("bytelm: ") and "\n" not in str(e.value)
-
-
-def test_eval_latent_prints_each_ablation(capsys, tmp_path):
-    from bytelm.checkpoint import save_checkpoint
-
-    (tmp_path / "notes.txt").write_text("the cat sat on the mat. " * 200)
-    cfg = C.override(
-        C.load_preset("tiny"),
-        {"data.sources": str(tmp_path / "notes.txt"), "data.split": "tail",
-         "data.heldout_fraction": "0.1", "data.cache_dir": str(tmp_path / "cache")},
-    )  # fmt: skip
-    ck = save_checkpoint(tmp_path / "ck", ByteLM(cfg.model), cfg)
-    assert main(["eval", str(ck), "--latent", "--max-bytes", "2000"]) == 0
-    out = capsys.readouterr().out
-    assert "bits per byte" in out and "zeroed" in out and "another window" in out
-    assert main(["eval", str(ck), "--latent", "--target-bytes-per-patch", "4"]) == 2
-    assert "drop --target-bytes-per-patch" in capsys.readouterr().err
