@@ -44,6 +44,13 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
     lm-lean-k4 / -k6 / -k8   FLOP-lean ByteLMs, about a flat 96 x 3's training FLOPs per byte:
                local 64 (encoder 1 layer, decoder 1), latent 192 x 3 at fixed:4, 256 x 2 at
                fixed:6, 256 x 4 at fixed:8; one head
+    lm-core-k4 / -k8   the best flat model's byte layers (96 wide, 16-byte windows, hashed
+               3..8-gram embeddings: flat-96x3-w16-ng) as encoder 1 + decoder 1, its middle
+               layer traded for a latent of about the same FLOPs per byte: 128 x 2 over
+               fixed:4, 192 x 2 over fixed:8; -k4-L192 a 192 x 2 latent over fixed:4;
+               -k4-w64 64-byte local windows; lm-core3-k8 keeps all three byte layers;
+               -space / -entropy8 the -k8 model with space patches (about 7.8 bytes each
+               on stdlib) / entropy patches at a target of 8
     *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
                patches must come through the latent (flat-96x3-w16: the flat model's own
                attention windowed, the baseline that says whether context beyond 16 bytes
@@ -87,6 +94,8 @@ FLAT = lambda d, n: {
     "transformer.dim": str(d),
     "transformer.n_layers": str(n),
 }
+LATENT = lambda d, n: {"model.latent.dim": str(d), "model.latent.n_layers": str(n)}
+FIXED = lambda k: {"model.patcher.name": "fixed", "model.patcher.k": str(k)}
 WINDOW = lambda w: {"model.encoder.window": str(w), "model.decoder.window": str(w)}
 DROP = lambda where, p: {  # residual dropout in every stack (and on the n-gram lookups)
     f"{where}.{k}dropout": str(p)
@@ -127,6 +136,19 @@ FAMILIES = {
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
     "lm-1h-96-w16": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(16)},
     "lm-1h-96-w8": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(8)},
+    # the best flat model's byte layers (96 wide, 16-byte windows, hashed n-grams) with its
+    # middle layer traded for a latent over patches that costs about as much per byte
+    "lm-core-k8": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2), **FIXED(8)},
+    "lm-core-k4": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(128, 2), **FIXED(4)},
+    "lm-core-k4-L192": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2), **FIXED(4)},
+    "lm-core-k4-w64": {**LM, **LOCAL(96, 1, 1), **WINDOW(64), **LATENT(128, 2), **FIXED(4)},
+    # the space patcher has no knob: its target is only the nominal rate a FLOP budget's step
+    # count is computed at (held-out stdlib: 7.76 bytes per patch)
+    "lm-core-space": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2),
+                      "model.patcher.name": "space", "model.patcher.target_bytes_per_patch": "7.8"},
+    "lm-core-entropy8": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2),
+                         "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "8"},
+    "lm-core3-k8": {**LM, **LOCAL(96, 1, 2), **WINDOW(16), **LATENT(192, 2), **FIXED(8)},
     "lm-lean-k4-do3": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.3)},
 }  # fmt: skip
 SMALL_BUDGET = [

@@ -18,5 +18,8 @@ def test_flat_baseline_trains_on_the_demos_data_beside_its_run(tmp_path):
     flat = flat_config(cfg, 123)
     assert flat.arch == "transformer"
     assert (flat.transformer.dim, flat.transformer.n_layers) == (FLAT["dim"], FLAT["n_layers"])
+    # the honest baseline: windowed, with the hashed n-gram embeddings the ByteLM has too
+    assert flat.transformer.window == 16
+    assert flat.transformer.ngram_ns == cfg.model.ngram.ns == (3, 4, 5, 6, 7, 8)
     assert flat.data == cfg.data and flat.train.lr == cfg.train.lr
     assert flat.train.steps == 123 and flat.train.out_dir == str(tmp_path / "demo-flat")
