@@ -493,17 +493,21 @@ def report() -> None:
 NOTES = """Read with care:
 
 - The fair flat baseline has hashed n-gram embeddings too (flat-96x3-w16-ng: 1.777 / 1.779
-  at 12 TFLOPs, two seeds; 1.625 at 40). Against it the ByteLMs of the bullets below lose;
-  the lm-core design (the flat model's first and last layer as encoder and decoder, its
-  middle layer traded for a latent of about the same FLOPs per byte) ties it at 12 TFLOPs
-  (lm-core-k4-w64 1.771) and leads at 40 (1.599, ahead by 0.026, with 4,302 steps to the
-  flat model's 4,452 and 20.2 CPU-min to its 22.9). Its latent's content gain is 0.007 at
-  12 TFLOPs and 0.032 at 40. 16-byte local windows (lm-core-k4) make the latent carry more
+  at 12 TFLOPs, two seeds; 1.625 / 1.624 at 40). Against it the ByteLMs of the bullets
+  below lose; the lm-core design (the flat model's first and last layer as encoder and
+  decoder, its middle layer traded for a latent of about the same FLOPs per byte) ties it
+  at 12 TFLOPs (lm-core-k4-w64 1.771 / 1.797: behind by 0.006 on the means) and leads at
+  40 (1.599 / 1.610: ahead by 0.020, each seed ahead of each flat seed, with 4,302 steps to
+  the flat model's 4,452 and 20.2-20.4 CPU-min to its 22.9-23.2). Its latent's content
+  gain is 0.007 / 0.019 at 12 TFLOPs and 0.032 / 0.040 at 40. 16-byte local windows (lm-core-k4) make the latent carry more
   (0.033 at 12 TFLOPs) and the model worse (1.790 / 1.806); a wider latent over the same
   patches gets too few steps (lm-core-k4-L192, 999 steps: 1.887); 8-byte patches under a
   192 x 2 latent 1.831. Per-position latent outputs (MEGABYTE's: byte t reads its own
   projection of the last patch, by its distance from that patch's end; a prototype option,
-  not kept) were worse: 1.808 with 64-byte windows, 1.814 with 16.
+  not kept) were worse: 1.808 with 64-byte windows, 1.814 with 16. Patchers on the -k8
+  model at 12 TFLOPs (seed 0): fixed:8 1.831, space 1.829 (7.36 bytes per patch), learned
+  1.851 (8.16), entropy 1.876 (8.57; its entropy model's forward is counted, so 1,166
+  steps to fixed's 1,323): dynamic patching is not ahead here either.
 - The bullets below predate the n-gram flat baseline; their "best flat" has no n-gram tables.
 - On stdlib the one-head ByteLM's lead over the best flat model shrinks with the budget and
   turns into a loss: -0.09 bpb at 1.5 CPU-minutes, +0.09 at 4 (+0.25 for fixed:8 patches,
