@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.common import machine, write_results
 from benchmarks.decode_patch_size import PROMPT, decode_cpu
-from benchmarks.equal_compute import family_config
+from benchmarks.equal_compute import family_config, nominal_rate
 from bytelm import build_model
 from bytelm.evals.flops import flops_per_byte
 
@@ -39,7 +39,8 @@ FAMILIES = "flat-96x3-w16-ng,lm-core-k4-w64,lm-core-k4,lm-core-k8,lm-lean-k4"
 def forward_flops(cfg) -> float:
     if cfg.arch == "transformer":
         return flops_per_byte(cfg.transformer, seq_len=256, training=False)["total"]
-    return flops_per_byte(cfg.model, cfg.model.patcher.k, seq_len=256, training=False)["total"]
+    r = nominal_rate(cfg.model.patcher)
+    return flops_per_byte(cfg.model, r, seq_len=256, training=False)["total"]
 
 
 def run(families: list[str], batch: int, new: int, repeats: int) -> list[dict]:

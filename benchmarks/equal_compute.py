@@ -97,6 +97,9 @@ FLAT = lambda d, n: {
 LATENT = lambda d, n: {"model.latent.dim": str(d), "model.latent.n_layers": str(n)}
 FIXED = lambda k: {"model.patcher.name": "fixed", "model.patcher.k": str(k)}
 WINDOW = lambda w: {"model.encoder.window": str(w), "model.decoder.window": str(w)}
+# the best flat model's byte layers (96 wide, 16-byte windows, hashed n-grams), encoder 1 +
+# decoder 1: its middle layer traded for a latent over patches that costs about as much per byte
+CORE = {**LM, **LOCAL(96, 1, 1), **WINDOW(16)}
 DROP = lambda where, p: {  # residual dropout in every stack (and on the n-gram lookups)
     f"{where}.{k}dropout": str(p)
     for k in (("",) if where == "transformer" else ("encoder.", "latent.", "decoder.", "ngram."))
@@ -136,19 +139,17 @@ FAMILIES = {
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
     "lm-1h-96-w16": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(16)},
     "lm-1h-96-w8": {**LM, **FIXED4, **LOCAL(96, 1, 2), **WINDOW(8)},
-    # the best flat model's byte layers (96 wide, 16-byte windows, hashed n-grams) with its
-    # middle layer traded for a latent over patches that costs about as much per byte
-    "lm-core-k8": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2), **FIXED(8)},
-    "lm-core-k4": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(128, 2), **FIXED(4)},
-    "lm-core-k4-L192": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2), **FIXED(4)},
-    "lm-core-k4-w64": {**LM, **LOCAL(96, 1, 1), **WINDOW(64), **LATENT(128, 2), **FIXED(4)},
+    "lm-core-k8": {**CORE, **LATENT(192, 2), **FIXED(8)},
+    "lm-core-k4": {**CORE, **LATENT(128, 2), **FIXED(4)},
+    "lm-core-k4-L192": {**CORE, **LATENT(192, 2), **FIXED(4)},
+    "lm-core-k4-w64": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4)},
     # the space patcher has no knob: its target is only the nominal rate a FLOP budget's step
     # count is computed at (held-out stdlib: 7.76 bytes per patch)
-    "lm-core-space": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2),
+    "lm-core-space": {**CORE, **LATENT(192, 2),
                       "model.patcher.name": "space", "model.patcher.target_bytes_per_patch": "7.8"},
-    "lm-core-entropy8": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2),
+    "lm-core-entropy8": {**CORE, **LATENT(192, 2),
                          "model.patcher.name": "entropy", "model.patcher.target_bytes_per_patch": "8"},
-    "lm-core-learned8": {**LM, **LOCAL(96, 1, 1), **WINDOW(16), **LATENT(192, 2),
+    "lm-core-learned8": {**CORE, **LATENT(192, 2),
                          "model.patcher.name": "learned", "model.patcher.target_bytes_per_patch": "8"},
     "lm-core3-k8": {**LM, **LOCAL(96, 1, 2), **WINDOW(16), **LATENT(192, 2), **FIXED(8)},
     "lm-lean-k4-do3": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.3)},
@@ -238,6 +239,11 @@ def budget_key(row: dict) -> tuple[str, float]:
     return ("CPU-min", row["budget_cpu_min"])
 
 
+def nominal_rate(pc) -> float:
+    """A patcher config's nominal bytes per patch: k for fixed patches, else the target."""
+    return pc.k if pc.name == "fixed" else pc.target_bytes_per_patch
+
+
 def train_flops_per_byte(cfg, job: dict, r: float | None = None) -> float:
     """Training FLOPs per byte of a run's config at r bytes per patch (default: its patcher's
     nominal rate, k or the target), a frozen entropy model's forward included."""
@@ -246,7 +252,7 @@ def train_flops_per_byte(cfg, job: dict, r: float | None = None) -> float:
     if cfg.arch == "transformer":
         return flops_per_byte(cfg.transformer, seq_len=cfg.data.seq_len)["total"]
     pc = cfg.model.patcher
-    r = r or (pc.k if pc.name == "fixed" else pc.target_bytes_per_patch)
+    r = r or nominal_rate(pc)
     ent = None
     if pc.name == "entropy":
         from bytelm.checkpoint import load_config
@@ -499,8 +505,9 @@ NOTES = """Read with care:
   at 12 TFLOPs (lm-core-k4-w64 1.771 / 1.797: behind by 0.006 on the means) and leads at
   40 (1.599 / 1.610: ahead by 0.020, each seed ahead of each flat seed, with 4,302 steps to
   the flat model's 4,452 and 20.2-20.4 CPU-min to its 22.9-23.2). Its latent's content
-  gain is 0.007 / 0.019 at 12 TFLOPs and 0.032 / 0.040 at 40. 16-byte local windows (lm-core-k4) make the latent carry more
-  (0.033 at 12 TFLOPs) and the model worse (1.790 / 1.806); a wider latent over the same
+  gain is 0.007 / 0.019 at 12 TFLOPs and 0.032 / 0.040 at 40. 16-byte local windows
+  (lm-core-k4) make the latent carry more (0.033 at 12 TFLOPs) and the model worse
+  (1.790 / 1.806); a wider latent over the same
   patches gets too few steps (lm-core-k4-L192, 999 steps: 1.887); 8-byte patches under a
   192 x 2 latent 1.831. Per-position latent outputs (MEGABYTE's: byte t reads its own
   projection of the last patch, by its distance from that patch's end; a prototype option,
