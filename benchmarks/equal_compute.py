@@ -48,7 +48,8 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
                3..8-gram embeddings: flat-96x3-w16-ng) as encoder 1 + decoder 1, its middle
                layer traded for a latent of about the same FLOPs per byte: 128 x 2 over
                fixed:4, 192 x 2 over fixed:8; -k4-L192 a 192 x 2 latent over fixed:4;
-               -k4-w64 64-byte local windows; lm-core3-k8 keeps all three byte layers;
+               -k4-w64 64-byte local windows; -8h that one with 8 heads drafting as in
+               lm-8det-96-s25 (the drafting benchmark's lm-core model); lm-core3-k8 keeps all three byte layers;
                -space / -entropy8 / -learned8 the -k8 model with space patches (about 7.8
                bytes each on stdlib) / entropy / learned patches at a target of 8
     *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
@@ -57,6 +58,8 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
                pays at all at a budget; -ng adds the ByteLM's hashed 3..8-gram embeddings)
     *-w256     with local attention windows of 256 bytes (the demo preset's are 64): the
                whole training window, as the flat models see it, at no extra CPU time here
+    *-nd3      with n-gram dropout 0.3 (each table lookup dropped in training: model.ngram.dropout,
+               transformer.ngram_dropout), against memorised n-grams of a small corpus
     *-do / -do2 / -do3  with residual dropout 0.1 / 0.2 / 0.3 in every stack and, for a ByteLM, on the
                n-gram lookups (model.ngram.dropout): for many epochs of a small corpus
 
@@ -134,6 +137,8 @@ FAMILIES = {
     "flat-96x3-do": {**FLAT(96, 3), **DROP("transformer", 0.1)},
     "flat-96x3-w16": {**FLAT(96, 3), "transformer.window": "16"},
     "flat-96x3-w16-ng": {**FLAT(96, 3), "transformer.window": "16", "transformer.ngram_ns": "3,4,5,6,7,8"},
+    "flat-96x3-w16-ng-nd3": {**FLAT(96, 3), "transformer.window": "16", "transformer.ngram_ns": "3,4,5,6,7,8",
+                             "transformer.ngram_dropout": "0.3"},
     "lm-1h-96-do": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.1)},
     "lm-lean-k4-do2": {**LM, **LOCAL(64, 1, 1), "model.latent.dim": "192", "model.latent.n_layers": "3", **FIXED4, **DROP("model", 0.2)},
     "lm-1h-96-do2": {**LM, **FIXED4, **LOCAL(96, 1, 2), **DROP("model", 0.2)},
@@ -143,6 +148,9 @@ FAMILIES = {
     "lm-core-k4": {**CORE, **LATENT(128, 2), **FIXED(4)},
     "lm-core-k4-L192": {**CORE, **LATENT(192, 2), **FIXED(4)},
     "lm-core-k4-w64": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4)},
+    "lm-core-k4-w64-nd3": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), "model.ngram.dropout": "0.3"},
+    "lm-core-8h": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
+                   "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.25"},
     # the space patcher has no knob: its target is only the nominal rate a FLOP budget's step
     # count is computed at (held-out stdlib: 7.76 bytes per patch)
     "lm-core-space": {**CORE, **LATENT(192, 2),

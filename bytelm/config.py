@@ -61,10 +61,15 @@ class TransformerConfig:
     # hierarchy (benchmarks/results/equal_compute.md)
     ngram_ns: tuple[int, ...] = ()
     ngram_buckets: int = 0
+    ngram_dropout: float = 0.0  # as model.ngram.dropout: each lookup dropped in training
 
     def __post_init__(self):
         object.__setattr__(self, "ngram_ns", tuple(self.ngram_ns))
         _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
+        _check(
+            0.0 <= self.ngram_dropout < 1.0,
+            f"ngram_dropout must lie in [0, 1), got {self.ngram_dropout}",
+        )
         _check(
             all(2 <= n <= 16 for n in self.ngram_ns),
             f"ngram_ns must lie in 2..16, got {self.ngram_ns}",
@@ -243,9 +248,10 @@ class ByteLMConfig:
             f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}",
         )
         for name in ("encoder", "latent", "decoder"):
+            stack = getattr(self, name)
             _check(
-                not getattr(self, name).ngram_ns,
-                f"model.{name}.ngram_ns is for a plain ByteTransformer; a ByteLM's n-gram "
+                not stack.ngram_ns and not stack.ngram_buckets and not stack.ngram_dropout,
+                f"model.{name}.ngram_* are for a plain ByteTransformer; a ByteLM's n-gram "
                 "embeddings are model.ngram",
             )
         _check(
@@ -485,12 +491,15 @@ def override(cfg, overrides: dict[str, str]):
 
 
 def flat_fields(cls=RunConfig, prefix: str = "", default=None) -> list[tuple[str, str, Any]]:
-    """Every leaf field as (dotted key, type name, default value): drives `--help`."""
+    """Every leaf field a user can set as (dotted key, type name, default value): drives
+    `--help`. A ByteLM stack's `ngram_*` fields are left out (its n-grams are model.ngram)."""
     default = cls() if default is None else default
     out = []
     for f in dataclasses.fields(cls):
         t = _hints(cls)[f.name]
         key = f"{prefix}{f.name}"
+        if prefix.startswith("model.") and f.name.startswith("ngram_"):
+            continue
         val = getattr(default, f.name)
         if dataclasses.is_dataclass(t):
             out += flat_fields(t, key + ".", val)

@@ -27,7 +27,7 @@ class ByteTransformer(nn.Module):
         ns = cfg.ngram_ns
         # bytes only: a plain table, the layout of every checkpoint saved before n-grams
         self.embed = (
-            ByteEmbedding(cfg.dim, ns, cfg.ngram_buckets)
+            ByteEmbedding(cfg.dim, ns, cfg.ngram_buckets, cfg.ngram_dropout)
             if ns
             else nn.Embedding(VOCAB_SIZE, cfg.dim)
         )

@@ -78,8 +78,10 @@ def test_checkpoint_round_trip_and_sizes(tmp_path):
     [
         (
             {"model.encoder.ngram_ns": "3,4"},
-            "model.encoder.ngram_ns is for a plain ByteTransformer",
+            "model.encoder.ngram_\\* are for a plain ByteTransformer",
         ),
+        ({"model.decoder.ngram_dropout": "0.1"}, "model.decoder.ngram_"),
+        ({"arch": "transformer", "transformer.ngram_dropout": "1"}, "ngram_dropout must lie"),
         ({"arch": "transformer", "transformer.ngram_ns": "1,3"}, "ngram_ns must lie in 2..16"),
         ({"arch": "transformer", "transformer.ngram_buckets": "-1"}, "ngram_buckets must be >= 0"),
     ],
@@ -87,6 +89,30 @@ def test_checkpoint_round_trip_and_sizes(tmp_path):
 def test_bad_ngram_config_is_one_line(over, fragment):
     with pytest.raises(ConfigError, match=fragment):
         C.override(C.load_preset("tiny"), over)
+
+
+def test_ngram_dropout_drops_lookups_in_training_only():
+    cfg = TransformerConfig(dim=32, n_layers=1, attn_heads=2, ngram_ns=(3, 5), ngram_buckets=64,
+                            ngram_dropout=0.5)  # fmt: skip
+    m, ids = ByteTransformer(cfg), text()
+    with torch.no_grad():
+        m.embed.ngram.weight.mul_(50)
+    ref = ByteTransformer(TransformerConfig(**{**vars(cfg), "ngram_dropout": 0.0}))
+    ref.load_state_dict(m.state_dict())
+    m.eval(), ref.eval()
+    torch.testing.assert_close(m(ids), ref(ids), rtol=0, atol=0)  # evaluation reads every table
+    m.train()
+    torch.manual_seed(0)
+    a = m(ids)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, m(ids))  # a different draw of dropped lookups
+    assert not torch.allclose(a, ref(ids))
+
+
+def test_ngram_keys_of_bytelm_stacks_are_not_offered():
+    keys = [k for k, _, _ in C.flat_fields()]
+    assert "transformer.ngram_dropout" in keys and "model.ngram.dropout" in keys
+    assert not [k for k in keys if k.startswith("model.") and ".ngram_" in k]
 
 
 def test_entropy_model_with_ngrams_steps_as_it_patches(tmp_path):
