@@ -49,7 +49,8 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
                layer traded for a latent of about the same FLOPs per byte: 128 x 2 over
                fixed:4, 192 x 2 over fixed:8; -k4-L192 a 192 x 2 latent over fixed:4;
                -k4-w64 64-byte local windows; -8h that one with 8 heads drafting as in
-               lm-8det-96-s25 (the drafting benchmark's lm-core model); lm-core3-k8 keeps all three byte layers;
+               lm-8det-96-s25 (the drafting benchmark's lm-core model), -8c with chain
+               heads (each draft reads the drafts before it); lm-core3-k8 keeps all three byte layers;
                -space / -entropy8 / -learned8 the -k8 model with space patches (about 7.8
                bytes each on stdlib) / entropy / learned patches at a target of 8
     *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
@@ -151,6 +152,9 @@ FAMILIES = {
     "lm-core-k4-w64-nd3": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), "model.ngram.dropout": "0.3"},
     "lm-core-8h": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
                    "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.25"},
+    "lm-core-8c": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
+                   "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.25",
+                   "model.out_heads.kind": "chain"},
     # the space patcher has no knob: its target is only the nominal rate a FLOP budget's step
     # count is computed at (held-out stdlib: 7.76 bytes per patch)
     "lm-core-space": {**CORE, **LATENT(192, 2),
@@ -217,9 +221,12 @@ def teacher_forced(model, split, seq_len: int, max_bytes: int) -> dict:
             pred = model(ids).argmax(-1)  # (B, T, K)
             K, T = pred.shape[2], ids.shape[1]
             docs = doc_ids(ids)
-            ok = []  # ok[k-1]: head k's byte at t equals byte t + k, for t < T - K
-            for k in range(1, K + 1):
-                good = (pred[:, : T - k, k - 1] == ids[:, k:]) & target_mask(ids, docs, k)
+            offsets = getattr(getattr(model, "heads", None), "offsets", range(1, K + 1))
+            ok = []  # ok[k-1]: head k's byte for t + k equals it, for t < T - K
+            for k, o in zip(range(1, K + 1), offsets):
+                # head k's logit at s predicts byte s + o: byte t + k's is at s = t + k - o
+                p = pred[:, k - o : T - o, k - 1]  # (B, T - k) aligned at t
+                good = (p == ids[:, k:]) & target_mask(ids, docs, k)
                 ok.append(good[:, : T - K])
             ok = torch.stack(ok, -1)  # (B, T - K, K)
             valid = target_mask(ids, docs, K)[:, : T - K] & target_mask(ids, docs, 1)[:, : T - K]

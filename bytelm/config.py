@@ -24,7 +24,7 @@ PATCHERS = ("fixed", "space", "entropy", "bpe", "learned")
 PATCHER_MODES = ("global", "monotonic", "both")  # entropy patcher threshold modes
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "xformers")
 POOLINGS = ("mean", "max", "sum", "attn")
-HEAD_KINDS = ("block", "mlp", "linear")  # see bytelm.model.heads
+HEAD_KINDS = ("block", "mlp", "linear", "chain")  # see bytelm.model.heads
 MAX_PATCH_LEN = 16  # the default cap on a patch, for every patcher
 CALIBRATION_BYTES = (
     262144  # held-out stream positions a threshold is calibrated on (and tables use)
@@ -116,7 +116,8 @@ class OutputHeadsConfig:
     n: int = 4
     weights: tuple[float, ...] = ()  # per-head loss weights; empty = equal weights
     # block: each head a transformer block; mlp / linear: head 1 is the decoder's output and
-    # heads 2..K a residual MLP / linear map on it (bytelm.model.heads). The defaults (mlp,
+    # heads 2..K a residual MLP / linear map on it; chain: heads 2..K residual MLPs that also
+    # read the bytes drafted before theirs (bytelm.model.heads). The defaults (mlp,
     # draft_grad false) won benchmarks/results/equal_compute.md: 4 block heads trained on
     # every loss cost 1.06 bpb at 4 CPU-minutes on stdlib, mlp heads 0.20, these 0.10
     kind: str = "mlp"
@@ -143,7 +144,7 @@ class OutputHeadsConfig:
         )
         _check(
             self.draft_sample == 1.0 or self.kind != "block",
-            "out_heads.draft_sample < 1 needs out_heads.kind mlp or linear (a block head "
+            "out_heads.draft_sample < 1 needs out_heads.kind mlp, linear or chain (a block head "
             "attends over every position)",
         )
         _check(

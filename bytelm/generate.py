@@ -318,6 +318,17 @@ class _Rows:
         self.done = self.done | ended
 
 
+def _chain_drafts(model, cache, nxt: torch.Tensor, D: int, cfg: GenerationConfig, g):
+    """Chain heads 2..D+1 -> their filtered logits (B, D, V) and drafts (B, D): head j + 1
+    reads `nxt` (B,) and the j - 1 drafts before its own (`ByteLM.chain_logits`)."""
+    seq, q = nxt[:, None], []
+    for _ in range(D):
+        lg = filter_logits(model.chain_logits(cache, seq), cfg.temperature, cfg.top_k, cfg.top_p)
+        q.append(lg)
+        seq = torch.cat([seq, _draw(lg, cfg.temperature, g)[:, None]], 1)
+    return torch.stack(q, 1), seq[:, 1:]
+
+
 def _unverified(drafts, q, u_accept, n: torch.Tensor):
     """Make the verify step stop after the first n[r] (B,) drafts of row r, as if the row had
     drafted only those: a later draft becomes BOS, which no target distribution allows, with
@@ -361,7 +372,9 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
     if compile:  # a ByteTransformer's cache has no such option
         # the compiled step's shapes include the cache size: a bucket lets calls share graphs
         kw, need = {"compile": True}, -(-need // COMPILE_BUCKET) * COMPILE_BUCKET
-    cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=1 + D, **kw)
+    chain = getattr(model, "chained", False)  # its drafts: `_chain_drafts`, not decode's heads
+    heads = 1 if chain else 1 + D
+    cache = model.new_cache(B, max_len or need, max(max_step, D + 1), heads=heads, **kw)
     ids = torch.full((B, max(lengths)), PAD, dtype=torch.long, device=dev)
     for r, p in enumerate(prompts):
         ids[r, : lengths[r]] = torch.tensor([BOS, *p], dtype=torch.long)
@@ -407,8 +420,11 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
             continue
 
         # draft: heads 2..D+1 at the last position predict the D bytes after `nxt`
-        q_logits = filter_logits(last[:, 1:], T, cfg.top_k, cfg.top_p)  # (B, D, V)
-        drafts = _draw(q_logits, T, g)  # (B, D)
+        if chain:
+            q_logits, drafts = _chain_drafts(model, cache, nxt, D, cfg, g)
+        else:
+            q_logits = filter_logits(last[:, 1:], T, cfg.top_k, cfg.top_p)  # (B, D, V)
+            drafts = _draw(q_logits, T, g)  # (B, D)
         q = torch.softmax(q_logits / T, dim=-1) if T > 0 else None
         u_accept = torch.rand(B, D, generator=g, device=dev) if T > 0 else None
         u_sample = torch.rand(B, generator=g, device=dev) if T > 0 else None

@@ -392,8 +392,10 @@ class Trainer:
             logits = self.model(ids, ends, n_patches=n_patches, draft_at=draft_at)
         else:
             logits = self.model(ids)
-        weights = self.cfg.model.out_heads.weights if self.cfg.arch == "bytelm" else ()
-        out = multi_head_loss(logits, ids, doc_ids(ids), weights, draft_at)
+        lm = self.cfg.arch == "bytelm"
+        weights = self.cfg.model.out_heads.weights if lm else ()
+        offsets = self.raw_model.heads.offsets if lm else None
+        out = multi_head_loss(logits, ids, doc_ids(ids), weights, draft_at, offsets)
         loss = out.loss
         if stats is not None:
             self.routing = stats.detach()

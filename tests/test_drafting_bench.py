@@ -30,6 +30,30 @@ class Oracle(torch.nn.Module):
         return logits
 
 
+class ChainOracle(torch.nn.Module):
+    """The same predictions laid out as chain heads lay theirs: head k's logit at s predicts
+    byte s + 1 (`heads.offsets` all 1), so its guess for byte t + k sits at s = t + k - 1."""
+
+    K = 4
+    heads = type("Heads", (), {"offsets": (1,) * 4})()
+
+    def forward(self, ids):
+        B, T = ids.shape
+        logits = Oracle()(ids)
+        out = torch.zeros_like(logits)
+        for k in range(1, self.K + 1):
+            out[:, k - 1 :, k - 1] = logits[:, : T - k + 1, k - 1]
+        return out
+
+
+def test_chain_heads_are_counted_where_their_guesses_are():
+    ids = torch.randint(0, 256, (1, 40))
+    ids[0, 0] = BOS
+    assert teacher_forced(ChainOracle(), Split(ids), 40, 40) == teacher_forced(
+        Oracle(), Split(ids), 40, 40
+    )
+
+
 def test_teacher_forced_bytes_per_forward_match_a_brute_force_count():
     T, K = 40, Oracle.K
     ids = torch.randint(0, 256, (1, T))

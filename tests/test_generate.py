@@ -33,11 +33,15 @@ PATCHERS = ["fixed", "space", "entropy", "learned"]
 PROMPTS = [b"the cat ", b"", b"hello world, ", b"abcdefgh "]
 
 
-def tiny_model(patcher="space", heads=4, sharpen=3.0, k=3, seed=0, entropy_ckpt=None) -> ByteLM:
+def tiny_model(
+    patcher="space", heads=4, sharpen=3.0, k=3, seed=0, entropy_ckpt=None, kind=None
+) -> ByteLM:
     """A random tiny ByteLM with sharpened logits: its greedy text varies, and its heads
     agree often enough that drafts are sometimes accepted and sometimes not."""
     torch.manual_seed(seed)
     cfg = tiny_bytelm_config(patcher=patcher, heads=heads, k=k)
+    if kind is not None:
+        cfg = dataclasses.replace(cfg, out_heads=dataclasses.replace(cfg.out_heads, kind=kind))
     if patcher == "entropy":  # a sharp random entropy model with context 16
         pc = PatcherConfig(
             "entropy", max_patch_len=6, threshold=1.5, target_bytes_per_patch=0,
@@ -172,6 +176,23 @@ def test_speculative_sampling_has_the_distribution_of_plain_sampling(monkeypatch
     monkeypatch.setattr(verify_mod, "verify", verify_resampling_from_p)
     biased, _ = run(speculative=True)
     assert biased > threshold, f"a biased verifier went undetected (chi2 {biased:.1f})"
+
+
+def test_chain_drafts_sample_losslessly():
+    """Chain heads draw each draft after the ones before it: sampled speculative output
+    still has the exact distribution (the chi-square test above), with drafts both accepted
+    and rejected, and greedy speculative output is plain greedy output."""
+    model = tiny_model("fixed", heads=3, sharpen=8.0, k=2, kind="chain")
+    prompt, n, N, T, K = b"ab cd", 3, 2000, 1.0, 3
+    probs = exact_distribution(model, prompt, n, T, K)
+    threshold = chi2.ppf(0.999, len(probs) - 1)
+    spec, stats = sampled_chi2(model, prompt, probs, N, n, T, K, speculative=True)
+    assert spec < threshold, f"chain speculative: chi2 {spec:.1f} >= {threshold:.1f}"
+    assert 0.1 < stats.accept_rate[0] < 0.9, "the test needs acceptances and rejections"
+    plain = generate(model, PROMPTS, 80, temperature=0.0)
+    for cross in (False, True):
+        r = generate(model, PROMPTS, 80, 0.0, speculative=True, cross_patches=cross)
+        assert r.bytes == plain.bytes
 
 
 # ------------------------------------------------- streaming, stops, specials

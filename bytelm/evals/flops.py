@@ -169,18 +169,19 @@ def flops_per_byte(
 
 def _head_flops(cfg: ByteLMConfig, ctx: float) -> float:
     """The output heads' layers per byte, unembedding aside (bytelm.model.heads): K blocks, or
-    K - 1 residual maps (mlp: two D x D matrices, linear: one)."""
+    K - 1 residual maps (mlp, chain: two D x D matrices, linear: one; a chain head's extra
+    input is a sum with embeddings the encoder already looked up)."""
     h, D = cfg.out_heads, cfg.decoder.dim
     if h.kind == "block":
         return h.n * block_flops(cfg.decoder, ctx)
-    return (h.n - 1) * 2 * D * D * (2 if h.kind == "mlp" else 1)
+    return (h.n - 1) * 2 * D * D * (1 if h.kind == "linear" else 2)
 
 
 def _head_params(cfg: ByteLMConfig) -> int:
     h, D = cfg.out_heads, cfg.decoder.dim
     if h.kind == "block":
         return h.n * _block_params(cfg.decoder)
-    return (h.n - 1) * (D + D * D * (2 if h.kind == "mlp" else 1))
+    return (h.n - 1) * (D + D * D * (1 if h.kind == "linear" else 2))
 
 
 def _block_params(cfg: TransformerConfig) -> int:

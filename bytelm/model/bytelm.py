@@ -142,10 +142,10 @@ class ByteLM(nn.Module):
         pos = torch.arange(T, device=ids.device).expand(B, T)
 
         # embed
-        h = self.embed(ids, docs)  # (B, T, D)
+        emb = self.embed(ids, docs)  # (B, T, D)
 
         # encode
-        h = self.encoder(h, docs, pos, backend)  # (B, T, D)
+        h = self.encoder(emb, docs, pos, backend)  # (B, T, D)
 
         # route: ends[t] reads bytes <= t only (a learned router: the states of t and t - 1)
         prob = None
@@ -205,10 +205,11 @@ class ByteLM(nn.Module):
         grad = self.cfg.out_heads.draft_grad
         if draft_at is not None and self.heads.n > 1:  # head 1 everywhere, drafts at draft_at
             first = head_logits(d[:, :, None], self.norm, self.unembed)  # (B, T, 1, V)
-            y = self.heads.drafts(d[:, draft_at], grad)  # (B, T', K - 1, D)
+            y = self.heads.drafts(d, draft_at, grad, emb, docs)  # (B, T', K - 1, D)
             logits = first, draft_logits(y, self.norm, self.unembed, grad)
         else:
-            y = self.heads(d, self.decoder.mask(docs, pos), backend, grad)  # (B, T, K, D)
+            mask = self.decoder.mask(docs, pos)
+            y = self.heads(d, mask, backend, grad, emb, docs)  # (B, T, K, D)
             logits = head_logits(y, self.norm, self.unembed, grad)  # (B, T, K, V)
         return (logits, Routing(prob, ends, ids)) if routing else logits
 
@@ -222,7 +223,32 @@ class ByteLM(nn.Module):
         return self.patcher.route(ids, h)
 
     def loss(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> HeadLosses:
-        return multi_head_loss(self(ids, ends), ids, doc_ids(ids), self.cfg.out_heads.weights)
+        w = self.cfg.out_heads.weights
+        return multi_head_loss(self(ids, ends), ids, doc_ids(ids), w, offsets=self.heads.offsets)
+
+    @property
+    def chained(self) -> bool:
+        """Chain draft heads (`out_heads.kind = chain`): decoding computes head 1 only, and
+        the drafts come from `chain_logits`, one after another."""
+        return self.heads.kind == "chain"
+
+    @torch.no_grad()
+    def chain_logits(self, cache: ByteLMCache, new: torch.Tensor) -> torch.Tensor:
+        """Chain head j + 1's logits (B, V) for the byte after new (B, j): the j bytes that
+        follow the cache's last (the first drawn from head 1, the rest drafted), read with
+        the decoder state of that last byte, as `forward` reads them at new's last position."""
+        B, j = new.shape
+        rows = torch.arange(B, device=new.device)
+        d = cache.ring_d[rows, (cache.length - 1) % cache.ring_size]  # (B, D)
+        hpos = (
+            cache.length[:, None] - cache.history + torch.arange(cache.history, device=new.device)
+        )
+        hslot, hok = hpos.clamp(min=0) % cache.ring_size, hpos >= 0
+        h_ids = torch.where(hok, cache.ring_ids.gather(1, hslot), PAD)
+        h_docs = torch.where(hok, cache.ring_doc.gather(1, hslot), -1)
+        docs = torch.cat([h_docs, cache.doc[:, None].expand(B, j)], 1)
+        e = self.embed(torch.cat([h_ids, new], 1), docs)[:, -1]  # (B, D)
+        return self.unembed(self.norm(self.heads.chain_step(j + 1, d, e)))
 
     # ------------------------------------------------------------ incremental
 
@@ -239,8 +265,14 @@ class ByteLM(nn.Module):
         bytes per call. Only the first `heads` output heads are computed (default all).
         `fixed_shapes`: decode calls take the fixed-shape step; `compile`: that step compiled
         (`bytelm.model.decode_compile`; prefill calls stay eager). See `decode`."""
-        heads = self.cfg.out_heads.n if heads is None else heads
+        if heads is None:
+            heads = 1 if self.chained else self.cfg.out_heads.n
         assert 1 <= heads <= self.cfg.out_heads.n, f"heads must lie in 1..{self.cfg.out_heads.n}"
+        if self.chained and heads != 1:
+            raise ValueError(
+                "bytelm: a model with chain draft heads decodes head 1 only (its drafts come "
+                "from chain_logits, one after another); make the cache with heads=1"
+            )
         return ByteLMCache(self, batch, max_len, max_step, heads, fixed_shapes, compile)
 
     @torch.no_grad()
@@ -369,6 +401,10 @@ class ByteLM(nn.Module):
         # heads: a block head j's layer is cache layer n_layers + j
         L = self.cfg.decoder.n_layers
         y = self.heads.step(d, spec, cache.dec, L, slots, backend, rot, cache.heads)
+        if cache.ring_d is not None:  # chain heads draft from the last byte's state
+            cache.ring_d[
+                torch.arange(d.shape[0], device=d.device)[:, None], pos % cache.ring_size
+            ] = d
         return self.unembed(self.norm(y))  # (B, n, heads, V)
 
     def _step_latent(self, cache, sel, m, lat, ends, pos, closes, prob):

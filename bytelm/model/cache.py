@@ -325,6 +325,8 @@ class ByteLMCache(_Pointers):
         self.patch_start = zeros(batch)  # position of the open patch's first byte
         self.ring_ids, self.ring_doc = zeros(batch, R), zeros(batch, R, fill=-1)
         self.ring_h = zeros(batch, R, D, dt=dtype)
+        # the decoder's states, for chain draft heads (`ByteLM.chain_logits`)
+        self.ring_d = zeros(batch, R, D, dt=dtype) if model.heads.kind == "chain" else None
         self.enc = KVCache.for_stack(cfg.encoder, batch, max_len, max_step, dtype, dev)
         self.lat = KVCache.for_stack(cfg.latent, batch, max_len, max_step, dtype, dev)
         self.lat_out = zeros(batch, self.lat.size + 1, D, dt=dtype)

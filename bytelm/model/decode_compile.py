@@ -52,8 +52,9 @@ def prepare_cache(cache) -> None:
     if cache.length.device.type != "cuda":
         return
     mark = torch._dynamo.mark_static_address
-    for t in (cache.ring_ids, cache.ring_doc, cache.ring_h, cache.lat_out):
-        mark(t)
+    for t in (cache.ring_ids, cache.ring_doc, cache.ring_h, cache.lat_out, cache.ring_d):
+        if t is not None:
+            mark(t)
     for kv in (cache.enc, cache.lat, cache.dec):
         for t in (*kv.k, *kv.v, kv.pos, kv.doc):
             mark(t)

@@ -7,10 +7,22 @@
                      is exactly decoder -> norm -> unembedding); head k >= 2 adds a residual
                      MLP, d + W_2 silu(W_1 norm(d)), hidden = D: 2 D^2 per byte, no cache.
     kind = "linear"  as "mlp" with a residual linear map, d + W norm(d): D^2 per byte.
+    kind = "chain"   head 1 as in "mlp"; head k >= 2 a residual MLP that drafts from what
+                     the bytes drafted before it say. Its logit at position s predicts byte
+                     s + 1, like head 1's, from x + W_2 silu(W_1 norm(x)), x = d[s - k + 1] +
+                     e[s]: the decoder state k - 1 bytes back (zero before its document)
+                     plus the input embedding of byte s (byte and hashed n-grams, the
+                     encoder's). So it reads bytes <= s only, as every logit must. In
+                     generation, after the last decoded byte t and the byte t + 1 drawn
+                     from head 1, head k at t + k - 1 drafts byte t + k from d[t] and the
+                     k - 1 bytes after t: D drafts are a chain of D small steps, each seeing
+                     the drafts before it, where an "mlp" head k guesses byte t + k blind to
+                     bytes t + 1 .. t + k - 1. Same cost as "mlp" (the lookups are free).
 
-The residual branches of "mlp" and "linear" start at zero, so every head starts out
-predicting what head 1 predicts: a draft head begins as a copy of the next-byte head and
-learns its offset from there, instead of from noise.
+The residual branches of "mlp", "linear" and "chain" start at zero, so every head starts
+out predicting what head 1 predicts (a chain head: head 1 of a stale state, plus the new
+byte's embedding): a draft head begins as a copy of the next-byte head and learns its offset
+from there, instead of from noise.
 """
 
 from __future__ import annotations
@@ -54,9 +66,15 @@ class OutputHeads(nn.ModuleList):
         if cfg.kind == "block":
             super().__init__(Block(decoder) for _ in range(cfg.n))
         else:  # head 1 is the identity; heads 2..K a residual map each
-            hidden = D if cfg.kind == "mlp" else 0
+            hidden = 0 if cfg.kind == "linear" else D
             super().__init__(ResidualHead(D, hidden) for _ in range(cfg.n - 1))
         self.kind, self.n = cfg.kind, cfg.n
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Which byte each head's logit at position t predicts, as t + offset: t + k for
+        head k, or t + 1 for every chain head (see the module docstring)."""
+        return (1,) * self.n if self.kind == "chain" else tuple(range(1, self.n + 1))
 
     @property
     def cache_layers(self) -> int:
@@ -70,25 +88,52 @@ class OutputHeads(nn.ModuleList):
                 layer.reset_parameters()
 
     def forward(
-        self, d: torch.Tensor, spec: MaskSpec, backend: str, draft_grad: bool = True
+        self,
+        d: torch.Tensor,
+        spec: MaskSpec,
+        backend: str,
+        draft_grad: bool = True,
+        emb: torch.Tensor | None = None,
+        docs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`draft_grad=False`: heads 2..K read d detached, so their losses do not reach the
-        layers below (see `logits` for the shared unembedding)."""
+        layers below (see `logits` for the shared unembedding). Chain heads also read the
+        input embeddings emb (B, T, D) and the documents (B, T)."""
         dd = d if draft_grad else d.detach()
         if self.kind == "block":
             ys = [self[0](d, spec, backend)] + [
                 layer(dd, spec, backend) for layer in list(self)[1:]
             ]
+        elif self.kind == "chain":
+            at = torch.arange(d.shape[1], device=d.device)
+            ee = emb if draft_grad else emb.detach()
+            ys = [d] + [layer(_chain_input(dd, ee, docs, at, k)) for k, layer in enumerate(self, 2)]
         else:
             ys = [d] + [layer(dd) for layer in self]
         return torch.stack(ys, dim=2)  # (B, T, K, D)
 
-    def drafts(self, d: torch.Tensor, draft_grad: bool = True) -> torch.Tensor:
-        """Heads 2..K alone at some positions, d (B, T', D) -> (B, T', K - 1, D): what
+    def drafts(
+        self,
+        d: torch.Tensor,
+        at: torch.Tensor,
+        draft_grad: bool = True,
+        emb: torch.Tensor | None = None,
+        docs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Heads 2..K alone at positions at (T',) of d (B, T, D) -> (B, T', K - 1, D): what
         `forward` gives them there (residual heads only: a block head reads other positions)."""
         assert self.kind != "block", "drafts at sampled positions need residual heads"
         dd = d if draft_grad else d.detach()
-        return torch.stack([layer(dd) for layer in self], dim=2)
+        if self.kind == "chain":
+            ee = emb if draft_grad else emb.detach()
+            ys = [layer(_chain_input(dd, ee, docs, at, k)) for k, layer in enumerate(self, 2)]
+            return torch.stack(ys, dim=2)
+        return torch.stack([layer(dd[:, at]) for layer in self], dim=2)
+
+    def chain_step(self, k: int, d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Chain head k >= 2 on a decoder state d (B, D) and the embedding e (B, D) of the
+        byte it drafts after (k - 1 bytes past d's) -> its state (B, D), before the norm."""
+        return self[k - 2](d + e)
 
     def step(self, d, spec, kv, first_layer: int, slots, backend, rot, heads: int):
         """The incremental forward of the first `heads` heads: d (B, n, D) -> (B, n, heads, D).
@@ -123,6 +168,14 @@ class OutputHeads(nn.ModuleList):
             y = torch.bmm(F.silu(y).view(B * n, k, -1).transpose(0, 1), down)  # (k, B*n, D)
             y = y.transpose(0, 1)
         return d[:, :, None] + y.reshape(*d.shape[:2], k, d.shape[-1])
+
+
+def _chain_input(d, emb, docs, at, k: int) -> torch.Tensor:
+    """Chain head k's input at positions at (T',): d[s - k + 1] (zero before the start of
+    s's document) + emb[s], from d, emb (B, T, D) and docs (B, T) -> (B, T', D)."""
+    src = at - (k - 1)
+    ok = (src >= 0)[None] & (docs[:, src.clamp(min=0)] == docs[:, at])  # (B, T')
+    return d[:, src.clamp(min=0)] * ok[..., None].to(d.dtype) + emb[:, at]
 
 
 def draft_positions(

@@ -43,8 +43,10 @@ def multi_head_loss(
     docs: torch.Tensor,  # (B, T)
     weights: tuple[float, ...] = (),
     draft_at: torch.Tensor | None = None,  # (T',)
+    offsets: tuple[int, ...] | None = None,
 ) -> HeadLosses:
-    """Mean cross-entropy over heads; head k at position t predicts ids[t + k].
+    """Mean cross-entropy over heads; head k at position t predicts ids[t + k], or
+    ids[t + offsets[k - 1]] (chain heads: every head predicts t + 1; `OutputHeads.offsets`).
 
     With `draft_at`, logits is (head 1's (B, T, 1, V), heads 2..K's (B, T', K - 1, V) at the
     positions draft_at): each draft head's mean is then over its valid targets there.
@@ -57,18 +59,19 @@ def multi_head_loss(
     w = torch.tensor(weights or [1.0] * K, dtype=torch.float32, device=logits.device)
     per_head, nats1, count1 = [], None, None
     for k in range(1, K + 1):
+        o = offsets[k - 1] if offsets else k  # the head's target is o bytes ahead
         if drafts is not None and k > 1:
-            per_head.append(_sampled_head_loss(drafts[:, :, k - 2], ids, docs, draft_at, k))
+            per_head.append(_sampled_head_loss(drafts[:, :, k - 2], ids, docs, draft_at, o))
             continue
-        if T <= k:
+        if T <= o:
             per_head.append(logits.new_zeros((), dtype=torch.float32))
             continue
-        valid = target_mask(ids, docs, k)  # (B, T-k)
+        valid = target_mask(ids, docs, o)  # (B, T-o)
         ce = F.cross_entropy(
-            logits[:, : T - k, k - 1].reshape(-1, V).float(),
-            ids[:, k:].reshape(-1),
+            logits[:, : T - o, k - 1].reshape(-1, V).float(),
+            ids[:, o:].reshape(-1),
             reduction="none",
-        ).view(B, T - k)
+        ).view(B, T - o)
         ce = ce * valid
         n = valid.sum()
         per_head.append(ce.sum() / n.clamp(min=1))

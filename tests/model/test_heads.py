@@ -1,5 +1,6 @@
-"""Output head kinds (block, mlp, linear): causal, cached decode equal to the forward, exact
-parameter and FLOP counts, and residual heads that start as copies of head 1."""
+"""Output head kinds (block, mlp, linear, chain): causal, cached decode equal to the forward,
+exact parameter and FLOP counts, residual heads that start as copies of head 1, and chain
+drafts in generation equal to the forward's chain heads."""
 
 import dataclasses
 
@@ -15,7 +16,8 @@ from tests.evals.test_flops import T, by_stage, lm_cfg, measure
 from tests.model.test_cache import TOL, chunks, text
 from tests.model.test_causality import assert_causal, packed_text
 
-KINDS = ["block", "mlp", "linear"]
+KINDS = ["block", "mlp", "linear", "chain"]
+RESIDUAL = ["mlp", "linear", "chain"]
 
 
 def model_of(kind: str, n: int = 3, seed: int = 0) -> ByteLM:
@@ -38,7 +40,7 @@ def test_heads_are_causal(kind):
 def test_decode_equals_forward(kind):
     model, ids = model_of(kind), text()
     full = model(ids)
-    for heads in (1, 3):
+    for heads in (1,) if kind == "chain" else (1, 3):  # chain drafts: `chain_logits`
         cache = model.new_cache(2, max_len=80, max_step=12, heads=heads)
         out = torch.cat(
             [model.decode(ids[:, t : t + n], cache) for t, n in chunks(ids.shape[1])], 1
@@ -50,7 +52,25 @@ def test_decode_equals_forward(kind):
 def test_residual_heads_keep_no_kv_cache():
     dec = lambda kind: len(model_of(kind).new_cache(1, max_len=32).dec.k)
     assert dec("block") == 1 + 3  # the decoder layer, then one per head
-    assert dec("mlp") == dec("linear") == 1
+    assert dec("mlp") == dec("linear") == dec("chain") == 1
+    with pytest.raises(ValueError, match="^bytelm: a model with chain draft heads decodes head 1"):
+        model_of("chain").new_cache(1, max_len=32, heads=2)
+
+
+def test_chain_drafts_in_generation_are_the_forward_chain_heads():
+    """After decoding bytes 0..t, `chain_logits` on the next j true bytes gives what the
+    forward's head j + 1 gives at t + j (the decoder state of t plus byte t + j's n-grams),
+    in both rows of a batch, just after a document start (row 0's at 21) included; the heads
+    differ from head 1. (Generation drafts no BOS, so no chain crosses a document start.)"""
+    model, ids = model_of("chain", n=4), packed_text()
+    full = model(ids)  # (B, T, 4, V)
+    for t in (3, 16, 22, 30):
+        cache = model.new_cache(2, max_len=80, max_step=40)
+        model.decode(ids[:, : t + 1], cache)
+        for j in (1, 2, 3):
+            got = model.chain_logits(cache, ids[:, t + 1 : t + 1 + j])
+            assert (got - full[:, t + j, j]).abs().max() < TOL, (t, j)
+    assert (full[:, :, 1] - full[:, :, 0]).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("kind", ["mlp", "linear"])
@@ -159,7 +179,7 @@ def test_training_flops_of_detached_drafts_are_a_close_upper_bound(kind):
     assert train["Dense"] <= want <= 1.1 * train["Dense"]
 
 
-@pytest.mark.parametrize("kind", ["mlp", "linear"])
+@pytest.mark.parametrize("kind", RESIDUAL)
 def test_residual_drafts_decode_speculatively_as_plain(kind):
     from bytelm.generate import generate
 
@@ -173,7 +193,7 @@ def test_residual_drafts_decode_speculatively_as_plain(kind):
         assert spec.bytes == plain.bytes, f"{d} draft heads changed the greedy output"
 
 
-@pytest.mark.parametrize("kind", ["mlp", "linear"])
+@pytest.mark.parametrize("kind", RESIDUAL)
 @pytest.mark.parametrize("draft_grad", [False, True])
 def test_sampled_drafts_are_the_full_heads_at_those_positions(kind, draft_grad):
     """draft_at: head 1's logits everywhere and heads 2..K's at the sampled positions equal
@@ -200,22 +220,25 @@ def test_sampled_drafts_are_the_full_heads_at_those_positions(kind, draft_grad):
     assert torch.equal(first, full[:, :, :1])
     assert torch.allclose(drafts, full[:, at, 1:], atol=1e-6)
 
-    out = multi_head_loss((first, drafts), ids, docs, heads.weights, draft_at=at)
-    ref = multi_head_loss(full, ids, docs, heads.weights)
+    offs = model.heads.offsets  # chain heads: every head's target is the next byte
+    out = multi_head_loss((first, drafts), ids, docs, heads.weights, draft_at=at, offsets=offs)
+    ref = multi_head_loss(full, ids, docs, heads.weights, offsets=offs)
     assert torch.allclose(out.per_head[0], ref.per_head[0]) and out.nats == ref.nats
     for k in range(2, 5):
+        o = offs[k - 1]
         ce = F.cross_entropy(
-            full[:, : T - k, k - 1].flatten(0, 1), ids[:, k:].flatten(), reduction="none"
+            full[:, : T - o, k - 1].flatten(0, 1), ids[:, o:].flatten(), reduction="none"
         )
-        valid = target_mask(ids, docs, k).flatten()
-        pos = torch.arange(T - k).repeat(2)
+        valid = target_mask(ids, docs, o).flatten()
+        pos = torch.arange(T - o).repeat(2)
         pick = valid & torch.isin(pos, at)
         assert pick.sum() > 0
         assert torch.allclose(out.per_head[k - 1], ce[pick].mean(), atol=1e-5), k
 
     every = multi_head_loss(
-        model(ids, draft_at=torch.arange(T)), ids, docs, heads.weights, draft_at=torch.arange(T)
-    )
+        model(ids, draft_at=torch.arange(T)), ids, docs, heads.weights, draft_at=torch.arange(T),
+        offsets=offs,
+    )  # fmt: skip
     assert torch.allclose(every.loss, ref.loss, atol=1e-6)
 
 
@@ -224,11 +247,11 @@ def test_draft_sample_needs_residual_heads_and_a_share():
     assert OutputHeadsConfig(kind="block").draft_sample == 1.0  # and every position for blocks
     with pytest.raises(ValueError, match="^bytelm: out_heads.draft_sample must lie in"):
         OutputHeadsConfig(draft_sample=0.0)
-    with pytest.raises(ValueError, match="needs out_heads.kind mlp or linear"):
+    with pytest.raises(ValueError, match="needs out_heads.kind mlp, linear or chain"):
         OutputHeadsConfig(kind="block", draft_sample=0.5)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "linear"])
+@pytest.mark.parametrize("kind", RESIDUAL)
 def test_training_flops_charge_sampled_drafts_their_share(kind):
     """Heads 2..K at a quarter of the positions: the heads' measured forward FLOPs with that
     sample, x 3, are the analytic training count of the heads at draft_sample 0.25."""
