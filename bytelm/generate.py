@@ -319,14 +319,17 @@ class _Rows:
 
 
 def _chain_drafts(model, cache, nxt: torch.Tensor, D: int, cfg: GenerationConfig, g):
-    """Chain heads 2..D+1 -> their filtered logits (B, D, V) and drafts (B, D): head j + 1
-    reads `nxt` (B,) and the j - 1 drafts before its own (`ByteLM.chain_logits`)."""
-    seq, q = nxt[:, None], []
-    for _ in range(D):
-        lg = filter_logits(model.chain_logits(cache, seq), cfg.temperature, cfg.top_k, cfg.top_p)
+    """Chain heads 2..D+1 -> their filtered logits (B, D, V) and drafts (B, D): head k
+    reads `nxt` (B,) and the k - 2 drafts before its own (`ByteLM.chain_logits`)."""
+    d, win = model.chain_start(cache)
+    S, byte, q, drafts = win.shape[1] + 1, nxt, [], []
+    for k in range(2, D + 2):
+        win = torch.cat([win, byte[:, None]], 1)[:, -S:]
+        lg = filter_logits(model.chain_logits(d, win, k), cfg.temperature, cfg.top_k, cfg.top_p)
+        byte = _draw(lg, cfg.temperature, g)
         q.append(lg)
-        seq = torch.cat([seq, _draw(lg, cfg.temperature, g)[:, None]], 1)
-    return torch.stack(q, 1), seq[:, 1:]
+        drafts.append(byte)
+    return torch.stack(q, 1), torch.stack(drafts, 1)
 
 
 def _unverified(drafts, q, u_accept, n: torch.Tensor):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bytelm.config import ByteLMConfig
 from bytelm.kernels.attention import MaskSpec
@@ -233,24 +234,26 @@ class ByteLM(nn.Module):
         return self.heads.kind == "chain"
 
     @torch.no_grad()
-    def chain_logits(self, cache: ByteLMCache, new: torch.Tensor) -> torch.Tensor:
-        """Chain head j + 1's logits (B, V) for the byte after new (B, j): the j bytes that
-        follow the cache's last (the first drawn from head 1, the rest drafted), read with
-        the decoder state of that last byte, as `forward` reads them at new's last position."""
-        B, j = new.shape
-        rows = torch.arange(B, device=new.device)
-        d = cache.ring_d[rows, (cache.length - 1) % cache.ring_size]  # (B, D)
-        hpos = (
-            cache.length[:, None] - cache.history + torch.arange(cache.history, device=new.device)
-        )
-        hslot, hok = hpos.clamp(min=0) % cache.ring_size, hpos >= 0
-        h_ids = torch.where(hok, cache.ring_ids.gather(1, hslot), PAD)
-        h_docs = torch.where(hok, cache.ring_doc.gather(1, hslot), -1)
-        docs = torch.cat([h_docs, cache.doc[:, None].expand(B, j)], 1)
-        e = self.embed(torch.cat([h_ids, new], 1), docs)[:, -1]  # (B, D)
-        return self.unembed(self.norm(self.heads.chain_step(j + 1, d, e)))
+    def chain_start(self, cache: ByteLMCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where chain drafts start: the decoder state of the cache's last byte (B, D), and
+        the window `chain_logits` takes without its newest byte: the last S - 1 bytes (B,
+        S - 1; S = the largest n-gram order, or 1), PAD before their document."""
+        B, W, R = cache.length.shape[0], cache.history, cache.ring_size
+        rows = torch.arange(B, device=cache.length.device)
+        d = cache.ring_d[rows, (cache.length - 1) % R]  # (B, D)
+        at = cache.length[:, None] - W + torch.arange(W, device=rows.device)  # (B, W)
+        slot = at.clamp(min=0) % R
+        ok = (at >= 0) & (cache.ring_doc.gather(1, slot) == cache.doc[:, None])
+        return d, torch.where(ok, cache.ring_ids.gather(1, slot), PAD)
 
-    # ------------------------------------------------------------ incremental
+    @torch.no_grad()
+    def chain_logits(self, d: torch.Tensor, win: torch.Tensor, k: int) -> torch.Tensor:
+        """Chain head k's logits (B, V) for the byte after win's last: d (B, D) from
+        `chain_start`, win (B, S) the last S of its window and the k - 1 bytes after the
+        cache's last byte (the first drawn from head 1, the rest drafted). What `forward`
+        gives head k at that byte."""
+        y = self.heads.chain_step(k, d, self.embed.last(win))  # (B, D)
+        return self.unembed(F.rms_norm(y, y.shape[-1:], self.norm.weight, self.norm.eps))
 
     def new_cache(
         self,

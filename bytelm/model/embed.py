@@ -71,6 +71,21 @@ class ByteEmbedding(nn.Module):
         self.ngram = nn.Embedding(len(self.ns) * self.buckets, dim) if self.ns else None
         offsets = torch.arange(len(self.ns), dtype=torch.long) * self.buckets
         self.register_buffer("offsets", offsets, persistent=False)
+        S = max(self.ns, default=1)  # for `last`: the hash's powers and the orders
+        self.register_buffer("powers", _powers(S, "cpu"), persistent=False)
+        self.register_buffer("orders", torch.tensor(self.ns, dtype=torch.long), persistent=False)
+
+    def last(self, win: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, D) of the last byte of win (B, S), S = the largest n (1 without
+        n-grams): that byte and the S - 1 before it, oldest first, PAD for any outside its
+        document or the text. What `forward` gives that byte, in a few ops (a draft step)."""
+        x = self.byte(win[:, -1])
+        if self.ngram is None:
+            return x
+        h = ((win.flip(-1) + 1) * self.powers).cumsum(-1) % _MOD  # (B, S): h_{s+1}
+        h = h.index_select(-1, self.orders - 1)  # (B, len(ns))
+        idx = ((h * _MIX + self.orders) % (1 << 32)) % self.buckets + self.offsets
+        return x + F.embedding_bag(idx, self.ngram.weight, mode="sum")
 
     def forward(self, ids: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
         """ids, docs (B, T) -> (B, T, D)."""

@@ -132,8 +132,10 @@ class OutputHeads(nn.ModuleList):
 
     def chain_step(self, k: int, d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Chain head k >= 2 on a decoder state d (B, D) and the embedding e (B, D) of the
-        byte it drafts after (k - 1 bytes past d's) -> its state (B, D), before the norm."""
-        return self[k - 2](d + e)
+        byte it drafts after (k - 1 bytes past d's) -> its state (B, D), before the norm.
+        Its layer's ops fused (`F.rms_norm`): a draft step is launch-bound."""
+        h, x = self[k - 2], d + e
+        return x + h.down(F.silu(h.up(F.rms_norm(x, x.shape[-1:], h.norm.weight, h.norm.eps))))
 
     def step(self, d, spec, kv, first_layer: int, slots, backend, rot, heads: int):
         """The incremental forward of the first `heads` heads: d (B, n, D) -> (B, n, heads, D).

@@ -58,7 +58,7 @@ def test_residual_heads_keep_no_kv_cache():
 
 
 def test_chain_drafts_in_generation_are_the_forward_chain_heads():
-    """After decoding bytes 0..t, `chain_logits` on the next j true bytes gives what the
+    """After decoding bytes 0..t, `chain_logits` with the next j true bytes gives what the
     forward's head j + 1 gives at t + j (the decoder state of t plus byte t + j's n-grams),
     in both rows of a batch, just after a document start (row 0's at 21) included; the heads
     differ from head 1. (Generation drafts no BOS, so no chain crosses a document start.)"""
@@ -67,8 +67,11 @@ def test_chain_drafts_in_generation_are_the_forward_chain_heads():
     for t in (3, 16, 22, 30):
         cache = model.new_cache(2, max_len=80, max_step=40)
         model.decode(ids[:, : t + 1], cache)
+        d, win = model.chain_start(cache)
+        S = win.shape[1] + 1
         for j in (1, 2, 3):
-            got = model.chain_logits(cache, ids[:, t + 1 : t + 1 + j])
+            win = torch.cat([win, ids[:, t + j, None]], 1)[:, -S:]
+            got = model.chain_logits(d, win, j + 1)
             assert (got - full[:, t + j, j]).abs().max() < TOL, (t, j)
     assert (full[:, :, 1] - full[:, :, 0]).abs().max() > 0.1
 
