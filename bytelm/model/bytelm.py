@@ -255,6 +255,8 @@ class ByteLM(nn.Module):
         y = self.heads.chain_step(k, d, self.embed.last(win))  # (B, D)
         return self.unembed(F.rms_norm(y, y.shape[-1:], self.norm.weight, self.norm.eps))
 
+    # ------------------------------------------------------------ incremental
+
     def new_cache(
         self,
         batch: int,

@@ -295,7 +295,8 @@ class ByteLMCache(_Pointers):
     output head. lat_out (B, P + 1, D): each patch's latent output, already
     projected to the byte width. ring_ids, ring_doc (B, R), ring_h (B, R, D):
     the last R bytes' ids, documents and encoder states, for the n-gram hashes
-    and for pooling the open patch when it closes.
+    and for pooling the open patch when it closes; ring_d (B, R, D) their decoder
+    states, for chain draft heads only (else None).
     """
 
     def __init__(
