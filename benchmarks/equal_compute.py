@@ -530,11 +530,11 @@ NOTES = """Read with care:
   not kept) were worse: 1.808 with 64-byte windows, 1.814 with 16. Patchers on the -k8
   model at 12 TFLOPs (seed 0): fixed:8 1.831, space 1.829 (7.36 bytes per patch), learned
   1.851 (8.16), entropy 1.876 (8.57; its entropy model's forward is counted, so 1,166
-  steps to fixed's 1,323): dynamic patching is not ahead here either. At 40 TFLOPs (seed 0)
-  space 1.636 (7.36 bytes per patch, 40.8 TFLOPs at that rate) leads fixed:8 1.647 by
-  0.011, about lm-core-k4-w64's seed spread there, with smaller patches; the latent's
-  content gain is 0.079 and 0.061, so with 16-byte windows the patches now carry real
-  context, but both are behind lm-core-k4-w64 and the flat model. On tinyshakespeare
+  steps to fixed's 1,323): dynamic patching is not ahead here either. At 40 TFLOPs space
+  (7.36 bytes per patch, 40.8 TFLOPs at that rate) against fixed:8: 1.636 / 1.652 against
+  1.647 / 1.644 (seeds 0 / 1), a tie on the means (space ahead by 0.001; the seeds
+  disagree); the latent's content gain is 0.045-0.079, so with 16-byte windows the patches
+  carry real context, but both are behind lm-core-k4-w64 and the flat model. On tinyshakespeare
   at 12 TFLOPs (seed 0; about 5 epochs of its 1 MB) lm-core-k4-w64 2.709 is behind
   flat-96x3-w16-ng 2.680, and both are behind the flat 96 x 3 without n-gram tables
   (2.328): the tables memorise the small corpus. With n-gram dropout 0.3 (-nd3) both gain
