@@ -238,13 +238,10 @@ class ByteLM(nn.Module):
         """Where chain drafts start: the decoder state of the cache's last byte (B, D), and
         the window `chain_logits` takes without its newest byte: the last S - 1 bytes (B,
         S - 1; S = the largest n-gram order, or 1), PAD before their document."""
-        B, W, R = cache.length.shape[0], cache.history, cache.ring_size
-        rows = torch.arange(B, device=cache.length.device)
-        d = cache.ring_d[rows, (cache.length - 1) % R]  # (B, D)
-        at = cache.length[:, None] - W + torch.arange(W, device=rows.device)  # (B, W)
-        slot = at.clamp(min=0) % R
-        ok = (at >= 0) & (cache.ring_doc.gather(1, slot) == cache.doc[:, None])
-        return d, torch.where(ok, cache.ring_ids.gather(1, slot), PAD)
+        rows = torch.arange(cache.length.shape[0], device=cache.length.device)
+        d = cache.ring_d[rows, (cache.length - 1) % cache.ring_size]  # (B, D)
+        ids, docs = cache.recent()
+        return d, torch.where(docs == cache.doc[:, None], ids, PAD)
 
     @torch.no_grad()
     def chain_logits(self, d: torch.Tensor, win: torch.Tensor, k: int) -> torch.Tensor:
@@ -352,12 +349,7 @@ class ByteLM(nn.Module):
             ends = self.patcher.step(cache.patcher_state, ids)  # (B, n) byte t ends its patch
 
         # embed: the n-gram hashes also read the last `history` bytes from the ring
-        hpos = (
-            cache.length[:, None] - cache.history + torch.arange(cache.history, device=ids.device)
-        )
-        hslot, hok = hpos.clamp(min=0) % cache.ring_size, hpos >= 0
-        h_ids = torch.where(hok, cache.ring_ids.gather(1, hslot), PAD)
-        h_docs = torch.where(hok, cache.ring_doc.gather(1, hslot), -1)
+        h_ids, h_docs = cache.recent()
         h = self.embed(torch.cat([h_ids, ids], 1), torch.cat([h_docs, docs], 1))[:, -n:]
 
         # encode

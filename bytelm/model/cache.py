@@ -31,7 +31,7 @@ import torch
 
 from bytelm.kernels.attention import MaskSpec
 from bytelm.patchers.base import PatcherState
-from bytelm.vocab import BOS
+from bytelm.vocab import BOS, PAD
 
 
 class _StepMask(MaskSpec):
@@ -327,7 +327,7 @@ class ByteLMCache(_Pointers):
         self.ring_ids, self.ring_doc = zeros(batch, R), zeros(batch, R, fill=-1)
         self.ring_h = zeros(batch, R, D, dt=dtype)
         # the decoder's states, for chain draft heads (`ByteLM.chain_logits`)
-        self.ring_d = zeros(batch, R, D, dt=dtype) if model.heads.kind == "chain" else None
+        self.ring_d = zeros(batch, R, D, dt=dtype) if model.chained else None
         self.enc = KVCache.for_stack(cfg.encoder, batch, max_len, max_step, dtype, dev)
         self.lat = KVCache.for_stack(cfg.latent, batch, max_len, max_step, dtype, dev)
         self.lat_out = zeros(batch, self.lat.size + 1, D, dt=dtype)
@@ -362,6 +362,18 @@ class ByteLMCache(_Pointers):
     @property
     def ring_size(self) -> int:
         return self.ring_ids.shape[1]
+
+    def recent(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last `history` bytes of each row and their documents (B, history), from the
+        ring: PAD and -1 before the text (what the n-gram hashes of new bytes read)."""
+        at = (
+            self.length[:, None]
+            - self.history
+            + torch.arange(self.history, device=self.length.device)
+        )
+        slot, ok = at.clamp(min=0) % self.ring_size, at >= 0
+        return (torch.where(ok, self.ring_ids.gather(1, slot), PAD),
+                torch.where(ok, self.ring_doc.gather(1, slot), -1))  # fmt: skip
 
     def begin(self, ids: torch.Tensor):
         if self.last is not None and self.last.limit is not None:

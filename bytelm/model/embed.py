@@ -47,10 +47,15 @@ def ngram_hashes(
     s = torch.arange(S, device=ids.device)
     inside = torch.arange(T, device=ids.device)[:, None] >= s  # (T, S) t - s is in the window
     back = torch.where(inside & (back_docs == docs[..., None]), back, PAD)
-    h = ((back + 1) * _powers(S, ids.device)).cumsum(-1) % _MOD  # (B, T, S): h_{s+1}
-    h = h.index_select(-1, torch.tensor(ns, device=ids.device) - 1)  # (B, T, len(ns))
-    n = torch.tensor(ns, device=ids.device)
-    return ((h * _MIX + n) % (1 << 32)) % buckets
+    orders = torch.tensor(ns, device=ids.device)
+    return _buckets(back, _powers(S, ids.device), orders, buckets)
+
+
+def _buckets(back, powers, orders, buckets: int) -> torch.Tensor:
+    """Back bytes (..., S) (s back, PAD masked) -> each order's bucket (..., len(orders))."""
+    h = ((back + 1) * powers).cumsum(-1) % _MOD  # (..., S): h_{s+1}
+    h = h.index_select(-1, orders - 1)  # (..., len(orders))
+    return ((h * _MIX + orders) % (1 << 32)) % buckets
 
 
 def _powers(S: int, device) -> torch.Tensor:
@@ -82,9 +87,7 @@ class ByteEmbedding(nn.Module):
         x = self.byte(win[:, -1])
         if self.ngram is None:
             return x
-        h = ((win.flip(-1) + 1) * self.powers).cumsum(-1) % _MOD  # (B, S): h_{s+1}
-        h = h.index_select(-1, self.orders - 1)  # (B, len(ns))
-        idx = ((h * _MIX + self.orders) % (1 << 32)) % self.buckets + self.offsets
+        idx = _buckets(win.flip(-1), self.powers, self.orders, self.buckets) + self.offsets
         return x + F.embedding_bag(idx, self.ngram.weight, mode="sum")
 
     def forward(self, ids: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
