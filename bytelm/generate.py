@@ -34,6 +34,7 @@ of its bytes. A stop string ends a row and is kept in its bytes.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -138,9 +139,7 @@ def filter_logits(
     top-k or top-p set of the tempered distribution. softmax(result / temperature)
     is the distribution sampling draws from.
     """
-    x = logits.float().clone()
-    x[..., BOS] = float("-inf")
-    x[..., PAD] = float("-inf")
+    x = logits.float().index_fill(-1, _never(logits.device), float("-inf"))  # a copy
     if temperature == 0:
         return x
     if top_k and top_k < x.shape[-1]:
@@ -153,6 +152,12 @@ def filter_logits(
         drop = probs.cumsum(-1) - probs >= top_p
         x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return x
+
+
+@functools.cache
+def _never(device: torch.device) -> torch.Tensor:
+    """The ids no generation may draw (BOS, PAD), as an index tensor made once per device."""
+    return torch.tensor([BOS, PAD], device=device)
 
 
 def _draw(x: torch.Tensor, temperature: float, g: torch.Generator | None) -> torch.Tensor:

@@ -399,9 +399,10 @@ class ByteLMCache(_Pointers):
         The one rollback step of speculative decoding. Every KV cache, the
         latent outputs and the position ring are addressed by position, so
         moving the pointers (length, document, closed patches, open patch
-        start) rolls them back; the patcher state is replayed from its
-        snapshot over the kept bytes (a learned router reads their encoder
-        states, and the one before them, from the ring: it keeps no vector).
+        start) rolls them back; the patcher state is rewound from the kept
+        bytes' ends (a rule patcher's `rewind`) or replayed from its snapshot
+        over the kept bytes (a learned router reads their encoder states, and
+        the one before them, from the ring: it keeps no vector).
         """
         if self.last is not None and self.last.limit is not None:
             keep = torch.minimum(keep.to(self.last.limit.device).long(), self.last.limit)
@@ -409,13 +410,13 @@ class ByteLMCache(_Pointers):
         r = self._rollback_pointers(keep)
         n = r.ids.shape[1]
         keep = self.length - r.length
-        kept = torch.arange(n, device=keep.device)[None, :] < keep[:, None]
-        self.n_patches, self.patch_start = _after(
-            r.length, r.n_patches, r.patch_start, r.ends & kept
-        )
-        # a functional state is replayed always (a few tensor ops, no host sync); another
+        ends = r.ends & (torch.arange(n, device=keep.device)[None, :] < keep[:, None])
+        self.n_patches, self.patch_start = _after(r.length, r.n_patches, r.patch_start, ends)
+        if hasattr(self.patcher, "rewind"):  # a state that follows from the kept bytes' ends
+            self.patcher_state = self.patcher.rewind(r.patcher_state, r.ids, ends, keep)
+        # else a functional state is replayed always (a few tensor ops, no host sync); another
         # (the entropy model's) only when some row dropped bytes
-        if self.functional_state or int(keep.min()) < n:
+        elif self.functional_state or int(keep.min()) < n:
             states = None
             if getattr(self.patcher, "needs_states", False):
                 at = r.length[:, None] - 1 + torch.arange(n + 1, device=keep.device)  # (B, 1 + n)

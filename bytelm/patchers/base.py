@@ -283,6 +283,24 @@ class RulePatcher:
         )
         return ends
 
+    def rewind(
+        self, start: PatcherState, ids: torch.Tensor, ends: torch.Tensor, keep: torch.Tensor
+    ) -> PatcherState:
+        """The state after row r took only the first keep[r] (B,) of the bytes ids (B, n) fed
+        to `step` from the state `start`, whose ends (B, n) are what `step` gave them, cleared
+        past keep[r]. What replaying `step` over the kept bytes gives, without replaying it: a
+        rule's state is the open patch's length and the last byte (a speculative rollback)."""
+        if ids.shape[1] == 0:
+            return dataclasses.replace(start, extra=dict(start.extra))
+        i = torch.arange(ids.shape[1], device=ids.device)
+        last = torch.where(ends, i, -1 - start.patch_len[:, None]).amax(1)  # before: -1 - open
+        prev = ids.gather(1, (keep - 1).clamp(min=0)[:, None])[:, 0]
+        return PatcherState(
+            patch_len=keep - 1 - last,
+            prev=torch.where(keep > 0, prev, start.prev),
+            extra=dict(start.extra),
+        )
+
     def fires(self, byte_ids: torch.Tensor, start: RowStart | None = None) -> torch.Tensor:
         """(B, T) -> (B, T) bool: the rule's own ends (rule or EOS), before the period cuts."""
         first = byte_ids.new_full((byte_ids.shape[0], 1), PAD)

@@ -153,3 +153,26 @@ def test_ragged_step_equals_feeding_each_row_its_prefix(rows, patcher, data):
         assert not ends[b, k:].any()
         assert int(state.patch_len[b]) == int(alone.patch_len[0])
         assert int(state.prev[b]) == int(alone.prev[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(streams, min_size=2, max_size=4), patcher=patchers, data=st.data())
+def test_rewind_equals_replaying_the_kept_bytes(rows, patcher, data):
+    """rewind (a rollback without replay) from a mid-stream state: the state a ragged
+    replay of the kept bytes gives."""
+    T = min(map(len, rows))
+    cut = data.draw(st.integers(0, T))  # bytes fed before the call that gets rolled back
+    ids = torch.tensor([r[:T] for r in rows])
+    before = patcher.start(len(rows))
+    patcher.step(before, ids[:, :cut]) if cut else None
+    start = before.clone()
+    keep = torch.tensor([data.draw(st.integers(0, T - cut)) for _ in rows])
+    call = ids[:, cut:]
+    after = start.clone()
+    ends = patcher.step(after, call) if T > cut else torch.zeros(len(rows), 0, dtype=torch.bool)
+    kept = ends & (torch.arange(T - cut)[None, :] < keep[:, None])
+    got = patcher.rewind(start, call, kept, keep)
+    want = start.clone()
+    patcher.step(want, call, n_valid=keep) if T > cut else None
+    assert torch.equal(got.patch_len, want.patch_len)
+    assert torch.equal(got.prev, want.prev)
