@@ -50,7 +50,9 @@ The families (all seq 256, batch 16, lr 3e-3, draft heads trained at every posit
                fixed:4, 192 x 2 over fixed:8; -k4-L192 a 192 x 2 latent over fixed:4;
                -k4-w64 64-byte local windows; -8h that one with 8 heads drafting as in
                lm-8det-96-s25 (the drafting benchmark's lm-core model), -8c with chain
-               heads (each draft reads the drafts before it); lm-core3-k8 keeps all three byte layers;
+               heads (each draft reads the drafts before it), -8h-s10 the -8h model with
+               its draft heads trained at a tenth of the positions (draft_sample = 0.1),
+               -4h-s10 the same with 4 heads; lm-core3-k8 keeps all three byte layers;
                -space / -entropy8 / -learned8 the -k8 model with space patches (about 7.8
                bytes each on stdlib) / entropy / learned patches at a target of 8
     *-w16 / -w8  with local attention windows of 16 / 8 bytes: context beyond a few
@@ -155,6 +157,10 @@ FAMILIES = {
     "lm-core-8c": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
                    "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.25",
                    "model.out_heads.kind": "chain"},
+    "lm-core-8h-s10": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
+                       "model.out_heads.n": "8", "model.out_heads.draft_sample": "0.1"},
+    "lm-core-4h-s10": {**CORE, **WINDOW(64), **LATENT(128, 2), **FIXED(4), **DET4,
+                       "model.out_heads.draft_sample": "0.1"},
     # the space patcher has no knob: its target is only the nominal rate a FLOP budget's step
     # count is computed at (held-out stdlib: 7.76 bytes per patch)
     "lm-core-space": {**CORE, **LATENT(192, 2),
