@@ -66,6 +66,7 @@ def generation(
     runs = [(0, False)] + [(D, c) for D in range(1, K) for c in (False, True) if c or D <= cap]
     secs = {r: [] for r in runs}
     stats = {r: [0, 0, [0] * r[0], [0] * r[0]] for r in runs}  # bytes, forwards, drafted, acc.
+    per = {r: [] for r in runs}  # each prompt's (bytes, forwards)
     shares = []
 
     def gen(p, D, cross):
@@ -83,6 +84,7 @@ def generation(
             s = stats[run]
             s[0] += r.stats.new_bytes
             s[1] += r.stats.row_forwards  # the prefill pass emits the first byte
+            per[run].append((r.stats.new_bytes, r.stats.row_forwards))
             s[2] = [a + b for a, b in zip(s[2], r.stats.drafted)]
             s[3] = [a + b for a, b in zip(s[3], r.stats.accepted)]
         for run in runs[1:]:
@@ -97,6 +99,11 @@ def generation(
             "draft heads": run[0],
             "blocks": "" if run[0] == 0 else ("cross" if run[1] else "patch"),
             "bytes/forward": b / max(f, 1),
+            "bytes/forward (clean)": (
+                sum(per[run][i][0] for i in clean) / max(sum(per[run][i][1] for i in clean), 1)
+                if clean
+                else ""
+            ),
             "speedup": sum(base) / sum(secs[run]),
             "speedup (clean)": (
                 sum(base[i] for i in clean) / sum(secs[run][i] for i in clean) if clean else ""
