@@ -246,7 +246,7 @@ def test_sampled_drafts_are_the_full_heads_at_those_positions(kind, draft_grad):
 
 
 def test_draft_sample_needs_residual_heads_and_a_share():
-    assert OutputHeadsConfig().draft_sample == 0.25  # unset: a quarter for residual heads
+    assert OutputHeadsConfig().draft_sample == 0.1  # unset: a tenth for residual heads
     assert OutputHeadsConfig(kind="block").draft_sample == 1.0  # and every position for blocks
     with pytest.raises(ValueError, match="^bytelm: out_heads.draft_sample must lie in"):
         OutputHeadsConfig(draft_sample=0.0)
