@@ -526,8 +526,8 @@ NOTES = """Read with care:
   at 12 TFLOPs (lm-core-k4-w64 1.771 / 1.797: behind by 0.006 on the means) and leads at
   40 (1.599 / 1.610: ahead by 0.020, each seed ahead of each flat seed, with 4,302 steps to
   the flat model's 4,452 and 20.2-20.4 CPU-min to its 22.9-23.2), and further at 100
-  (seed 0: 1.528 against 1.576, ahead by 0.048; 53.4 CPU-min to 60.1). Its latent's
-  content gain is 0.007 / 0.019 at 12 TFLOPs, 0.032 / 0.040 at 40 and 0.053 at 100. 16-byte local windows
+  (1.528 / 1.531 against 1.576, ahead by 0.046; 53.4 / 49.8 CPU-min to 60.1). Its latent's
+  content gain is 0.007 / 0.019 at 12 TFLOPs, 0.032 / 0.040 at 40 and 0.053 / 0.053 at 100. 16-byte local windows
   (lm-core-k4) make the latent carry more (0.033 at 12 TFLOPs) and the model worse
   (1.790 / 1.806); a wider latent over the same
   patches gets too few steps (lm-core-k4-L192, 999 steps: 1.887); 8-byte patches under a
@@ -545,13 +545,19 @@ NOTES = """Read with care:
   flat-96x3-w16-ng 2.680, and both are behind the flat 96 x 3 without n-gram tables
   (2.328): the tables memorise the small corpus. With n-gram dropout 0.3 (-nd3) both gain
   0.4 bpb and tie: lm-core-k4-w64-nd3 2.283 / 2.284, flat-96x3-w16-ng-nd3 2.283 / 2.276
-  (seeds 0 / 1).
+  (seeds 0 / 1). At 40 TFLOPs (about 17 epochs) both overfit even so: 2.549 against 2.607
+  (seed 0), both worse than at 12.
 - Heads that draft on lm-core at 40 TFLOPs (seed 0): 8 heads cost 17% of the steps (3,584
   against 4,302) and the 8-head model ties the flat one (lm-core-8h 1.628, flat 1.625 /
   1.624) instead of leading it by 0.05. Its mlp drafts give 2.21 teacher-forced bytes per
   forward with 7 drafts; chain drafts (lm-core-8c, each reading the drafts before it) the
   same head-1 bpb (1.628) and 2.39 (head 2's accuracy 0.47 against 0.40, head 8's 0.36
-  against 0.27). Wall clock: `benchmarks.drafting` (drafting_lm-core-8*.md).
+  against 0.27). Trained at a tenth of the positions instead of a quarter (lm-core-8h-s10,
+  now the default draft_sample) the heads cost 8% of the FLOPs (3,983 steps): head 1 1.612
+  at 40 TFLOPs (within 0.008 of the one-head mean) with 2.19 teacher-forced bytes per
+  forward, and 1.526 at 100 (seed 0; the one-head seeds 1.528 / 1.531) with 2.26: ahead of
+  the flat model by 0.050 (0.0499 unrounded). Wall clock: `benchmarks.drafting`
+  (drafting_lm-core-8*.md).
 - The bullets below predate the n-gram flat baseline; their "best flat" has no n-gram tables.
 - On stdlib the one-head ByteLM's lead over the best flat model shrinks with the budget and
   turns into a loss: -0.09 bpb at 1.5 CPU-minutes, +0.09 at 4 (+0.25 for fixed:8 patches,
