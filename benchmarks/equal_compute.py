@@ -554,8 +554,8 @@ NOTES = """Read with care:
   same head-1 bpb (1.628) and 2.39 (head 2's accuracy 0.47 against 0.40, head 8's 0.36
   against 0.27). Trained at a tenth of the positions instead of a quarter (lm-core-8h-s10,
   now the default draft_sample) the heads cost 8% of the FLOPs (3,983 steps): head 1 1.612
-  at 40 TFLOPs (within 0.008 of the one-head mean) with 2.19 teacher-forced bytes per
-  forward, and 1.526 at 100 (seed 0; the one-head seeds 1.528 / 1.531) with 2.26: ahead of
+  / 1.614 at 40 TFLOPs (two seeds, within 0.009 of the one-head mean) with 2.19 / 2.20
+  teacher-forced bytes per forward (4 heads, lm-core-4h-s10: 1.610, 1.80), and 1.526 at 100 (seed 0; the one-head seeds 1.528 / 1.531) with 2.26: ahead of
   the flat model by 0.050 (0.0499 unrounded). Wall clock: `benchmarks.drafting`
   (drafting_lm-core-8*.md).
 - The bullets below predate the n-gram flat baseline; their "best flat" has no n-gram tables.
