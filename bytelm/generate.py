@@ -350,42 +350,6 @@ def _unverified(drafts, q, u_accept, n: torch.Tensor):
     return drafts, q, u_accept
 
 
-def _accept(
-    cache, out: _Rows, logits, drafts, q, u_accept, u_sample, n_used, active, drafted, accepted,
-    T: float, top_k: int, top_p: float,
-):  # fmt: skip
-    """A speculative pass after its verify call: logits (B, 1+D, 1+D, V) of [nxt, drafts]
-    (B, D); n_used (B,) the bytes decoded (blocks that stop at a patch end) or None. Keeps
-    each row's accepted prefix (the cache rolled back past it, the bytes emitted), counts
-    the drafts tried and accepted by the active rows (B,) into drafted, accepted (D,)
-    -> the next block's first byte nxt (B,) and every head's logits at the last kept byte
-    (B, 1+D, V). A fixed number of tensor ops and no host sync."""
-    from bytelm.kernels.verify import verify
-
-    B, D = drafts.shape
-    lim = None
-    if n_used is not None:
-        lim = n_used.clamp(max=D)
-        drafts, q, u_accept = _unverified(drafts, q, u_accept, lim)
-    target = filter_logits(logits[:, :, 0], T, top_k, top_p)  # (B, 1+D, V)
-    acc, nxt = verify(drafts, q, target, T, u_accept, u_sample)
-    heads, on = torch.arange(D, device=drafts.device), active[:, None]
-    tried = (acc + 1).clamp(max=D if lim is None else lim)
-    drafted += (on & (heads < tried[:, None])).sum(0)
-    accepted += (on & (heads < acc[:, None])).sum(0)
-    if n_used is not None:  # a row that accepted a closing draft has no byte after it
-        # decoded: that draft is its next block's first byte, as if drawn after the one
-        # before it (its last decoded byte, whose heads draft the next block)
-        whole = acc == n_used
-        acc = torch.where(whole, acc - 1, acc)
-        nxt = torch.where(whole, drafts.gather(1, acc.clamp(max=D - 1)[:, None])[:, 0], nxt)
-    cache.rollback(torch.where(active, acc + 1, 0))
-    last = logits[torch.arange(B, device=acc.device), acc]  # (B, 1+D, V)
-    new = torch.cat([drafts, nxt[:, None]], 1).scatter(1, acc[:, None], nxt[:, None])
-    out.emit(new, acc + 1)
-    return nxt, last
-
-
 @torch.no_grad()
 def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, compile=False):
     """Yields, at each host sync, the new bytes of every row since the last; returns a
@@ -394,6 +358,8 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
     runs ahead of the device. A row that finished still takes part in the calls until then
     (plain: its bytes are ignored; speculative: rolled back), and the loop never runs more
     than max_new_bytes passes, which every row finishes within."""
+    from bytelm.kernels.verify import verify
+
     t0 = time.perf_counter()
     B, D, T = len(prompts), _draft_count(model, cfg), cfg.temperature
     stats = GenerationStats(draft_heads=D, drafted=[0] * D, accepted=[0] * D)
@@ -431,6 +397,7 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
     row_forwards = torch.tensor(B, device=dev)
     drafted = torch.zeros(D, dtype=torch.long, device=dev)
     accepted = torch.zeros(D, dtype=torch.long, device=dev)
+    heads = torch.arange(D, device=dev)
     ones = torch.ones(B, dtype=torch.long, device=dev)
     sent = [0] * B  # bytes of each row already yielded
 
@@ -473,13 +440,27 @@ def _run(model, prompts, cfg: GenerationConfig, max_len, max_step, sync_every, c
         # verify: one forward pass over [nxt, drafts], then keep the accepted prefix
         block = torch.cat([nxt[:, None], drafts], 1)
         if cfg.cross_patches:
-            logits, n_used = model.decode(block, cache), None  # (B, 1+D, 1+D, V)
+            logits, lim = model.decode(block, cache), None  # (B, 1+D, 1+D, V)
         else:  # decoded up to the first draft that closes a patch: verify up to it
             logits, n_used = model.decode(block, cache, until_close=True)
-        nxt, last = _accept(
-            cache, out, logits, drafts, q, u_accept, u_sample, n_used, active, drafted, accepted,
-            T, cfg.top_k, cfg.top_p,
-        )  # fmt: skip
+            lim = n_used.clamp(max=D)
+            drafts, q, u_accept = _unverified(drafts, q, u_accept, lim)
+        target = filter_logits(logits[:, :, 0], T, cfg.top_k, cfg.top_p)  # (B, 1+D, V)
+        acc, nxt = verify(drafts, q, target, T, u_accept, u_sample)
+        on = active[:, None]
+        tried = (acc + 1).clamp(max=D if lim is None else lim)
+        drafted += (on & (heads < tried[:, None])).sum(0)
+        accepted += (on & (heads < acc[:, None])).sum(0)
+        if lim is not None:  # a row that accepted a closing draft has no byte after it
+            # decoded: that draft is its next block's first byte, as if drawn after the one
+            # before it (its last decoded byte, whose heads draft the next block)
+            whole = acc == n_used
+            acc = torch.where(whole, acc - 1, acc)
+            nxt = torch.where(whole, drafts.gather(1, acc.clamp(max=D - 1)[:, None])[:, 0], nxt)
+        cache.rollback(torch.where(active, acc + 1, 0))
+        last = logits[rows, acc]  # (B, 1+D, V) every head at the last kept byte
+        new = torch.cat([drafts, nxt[:, None]], 1).scatter(1, acc[:, None], nxt[:, None])
+        out.emit(new, acc + 1)
     chunks, _ = flush()
     if any(chunks):
         yield chunks

@@ -163,16 +163,17 @@ def test_rewind_equals_replaying_the_kept_bytes(rows, patcher, data):
     T = min(map(len, rows))
     cut = data.draw(st.integers(0, T))  # bytes fed before the call that gets rolled back
     ids = torch.tensor([r[:T] for r in rows])
-    before = patcher.start(len(rows))
-    patcher.step(before, ids[:, :cut]) if cut else None
-    start = before.clone()
+    start = patcher.start(len(rows))
+    if cut:
+        patcher.step(start, ids[:, :cut])
     keep = torch.tensor([data.draw(st.integers(0, T - cut)) for _ in rows])
     call = ids[:, cut:]
-    after = start.clone()
-    ends = patcher.step(after, call) if T > cut else torch.zeros(len(rows), 0, dtype=torch.bool)
+    ends = torch.zeros(len(rows), T - cut, dtype=torch.bool)  # what `step` gives the call
+    want = start.clone()
+    if T > cut:
+        ends = patcher.step(start.clone(), call)
+        patcher.step(want, call, n_valid=keep)
     kept = ends & (torch.arange(T - cut)[None, :] < keep[:, None])
     got = patcher.rewind(start, call, kept, keep)
-    want = start.clone()
-    patcher.step(want, call, n_valid=keep) if T > cut else None
     assert torch.equal(got.patch_len, want.patch_len)
     assert torch.equal(got.prev, want.prev)
